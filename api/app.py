@@ -1,0 +1,54 @@
+"""The FastAPI app factory. Engines and clients are created in the lifespan, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from fastapi import FastAPI, Request, Response
+from starlette.middleware.base import RequestResponseEndpoint
+
+from api import errors
+from api.middleware import BodySizeLimit
+from api.routes import health, jobs
+from core.broker import get_celery
+from core.config import Settings, get_settings
+from core.db.session import Database
+from core.telemetry.logging import configure_logging
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level, settings.log_format)
+        app.state.settings = settings
+        app.state.database = Database(settings.resolved_database_url)
+        app.state.celery = get_celery()
+        log.info("api_started", embedded=settings.embedded, keys_required=settings.api_keys_required)
+        yield
+        app.state.database.dispose()
+
+    app = FastAPI(
+        title="inferq",
+        version="1",
+        summary="Queue-driven NLP inference: submit texts, poll or get a webhook for results.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def bind_request_id(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        with structlog.contextvars.bound_contextvars(request_id=correlation_id.get()):
+            return await call_next(request)
+
+    app.add_middleware(CorrelationIdMiddleware, validator=None)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,52 @@
+"""Request-scoped dependencies: the unit of work (the route boundary commits) and the tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.db.session import Database
+from core.security import authenticate, local_tenant_id
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_database(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
+    # Used with scope="function": the commit happens when the route returns, before the response
+    # is sent, so a 202 always means the job is durable (the default scope commits afterwards).
+    with database.transaction() as session:
+        yield session
+
+
+def get_tenant(
+    database: Annotated[Database, Depends(get_database)],
+    settings: Annotated[Settings, Depends(get_settings)],
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> int:
+    presented = x_api_key
+    if authorization and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    # Its own short transaction, so a long-poll does not hold a connection while it waits.
+    with database.transaction() as session:
+        if presented is None and not settings.api_keys_required:
+            return local_tenant_id(session)
+        return authenticate(session, presented)
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+TenantDep = Annotated[int, Depends(get_tenant)]

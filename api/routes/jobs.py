@@ -1,0 +1,104 @@
+"""/v1/jobs: submit, read (with long-poll), list, cancel. Each route validates, calls one core
+function and maps the result."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Annotated
+
+from asgi_correlation_id import correlation_id
+from fastapi import APIRouter, Header, Query, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
+from api.presenters import job_out, job_summary
+from core.db.session import Database
+from core.errors import InvalidInput
+from core.jobs.cancel import cancel_job
+from core.jobs.queries import get_job, list_jobs
+from core.jobs.state import TERMINAL_JOB, JobStatus
+from core.jobs.submit import JobRequest, submit_job
+from core.telemetry.metrics import JOBS_SUBMITTED
+from schemas.jobs import JobCreate, JobOut, JobPage
+from schemas.problem import Problem
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+PROBLEMS: dict[int | str, dict[str, object]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (401, 404, 409, 413, 422)
+}
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=PROBLEMS)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    submitted = submit_job(
+        session,
+        settings,
+        tenant_id=tenant_id,
+        request=JobRequest(body.task, body.inputs, body.priority, body.webhook_url, body.metadata),
+        idempotency_key=idempotency_key,
+        request_id=correlation_id.get(),
+    )
+    job_id = submitted.job.id
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if submitted.created:
+        JOBS_SUBMITTED.labels(body.task, "http").inc()
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(get_job(session, tenant_id, job_id))
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=PROBLEMS)
+async def read_job(
+    job_id: uuid.UUID,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    wait: Annotated[float, Query(ge=0, description="Long-poll up to this many seconds.")] = 0,
+) -> JobOut:
+    if wait > settings.max_wait_seconds:
+        raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
+    deadline = time.monotonic() + wait
+    delay = 0.05
+    while True:
+        view = await run_in_threadpool(_read, database, tenant_id, job_id)
+        if view.status in TERMINAL_JOB or time.monotonic() >= deadline:
+            return view
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
+
+
+def _read(database: Database, tenant_id: int, job_id: uuid.UUID) -> JobOut:
+    with database.transaction() as session:
+        return job_out(get_job(session, tenant_id, job_id))
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses=PROBLEMS)
+def delete_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
+    cancel_job(session, tenant_id, job_id)
+    return job_out(get_job(session, tenant_id, job_id))
+
+
+@router.get("", response_model=JobPage, responses=PROBLEMS)
+def list_my_jobs(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> JobPage:
+    jobs, next_cursor = list_jobs(session, tenant_id, status=job_status, limit=limit, cursor=cursor)
+    return JobPage(data=[job_summary(job) for job in jobs], next_cursor=next_cursor)
+
+
+

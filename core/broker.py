@@ -1,0 +1,83 @@
+"""The one Celery app, configured here so that every door can send tasks by name.
+
+The API and producers only *send* (``send_task`` by name), so they need this configuration but
+never import ``workers``; the worker registers the task bodies on this same app.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from core.config import Settings, get_settings
+
+RUN_ITEMS = "inferq.run_items"
+RELAY_OUTBOX = "inferq.relay_outbox"
+SWEEP = "inferq.sweep"
+
+QUEUES = ("interactive", "bulk")
+MAINTENANCE_QUEUE = "maintenance"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Redis re-delivers an unacked message after this long. A batch takes seconds, so an hour
+        # never re-runs a live batch; a dead worker's batches are re-driven sooner by the sweeper.
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
+        "task_queues": [Queue(name) for name in (*QUEUES, MAINTENANCE_QUEUE)],
+        "task_default_queue": "interactive",
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Results live in PostgreSQL; Celery's result backend would be a second, weaker copy.
+        "task_ignore_result": True,
+        # Ack only after the task body returns; a worker killed mid-batch gives the message back.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With late acks, a broken connection would otherwise let the same batch run twice at once.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Each message already carries a chunk of up to `chunk_size` inputs, so one reserved
+        # message per process keeps the model busy without hoarding work a free worker could take.
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "beat_schedule": {
+            "relay-outbox": {
+                "task": RELAY_OUTBOX,
+                "schedule": settings.relay_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.relay_interval_seconds},
+            },
+            "sweep": {
+                "task": SWEEP,
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.sweep_interval_seconds},
+            },
+        },
+    }
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("inferq", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+@lru_cache(maxsize=1)
+def get_celery() -> Celery:
+    return create_celery(get_settings())
+
+
+def send_run_items(
+    app: Celery, job_id: str, item_ids: list[int], queue: str, request_id: str | None
+) -> None:
+    app.send_task(
+        RUN_ITEMS,
+        args=[job_id, item_ids],
+        kwargs={"request_id": request_id},
+        queue=queue,
+    )

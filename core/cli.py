@@ -1,0 +1,237 @@
+"""The ``inferq`` command line: the composition root that starts each process.
+
+Adapters (api, workers, producers) are imported inside the commands that need them, so
+``inferq serve`` in distributed mode never imports torch and no command pays for the others.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from core.config import Settings, get_settings
+from core.db.session import Database
+from core.telemetry.logging import configure_logging
+
+app = typer.Typer(help="inferq: queue-driven NLP inference.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: list, train, evaluate.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+
+
+def _setup(quiet_logs: bool = False) -> Settings:
+    settings = get_settings()
+    configure_logging("WARNING" if quiet_logs else settings.log_level, settings.log_format)
+    return settings
+
+
+def upgrade_database(settings: Settings) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parent.parent
+    config = Config()
+    config.set_main_option("script_location", str(root / "migrations"))
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url)
+    command.upgrade(config, "head")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema to the latest version."""
+    settings = _setup()
+    upgrade_database(settings)
+    console.print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
+
+
+@keys_app.command("create")
+def keys_create(name: str) -> None:
+    """Create a tenant's API key and print it (the only time it is shown)."""
+    from core.security import create_key
+
+    settings = _setup(quiet_logs=True)
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        created = create_key(session, name)
+    typer.echo(created.key)
+    console.print(f"key for tenant {name!r} (id {created.tenant_id}); store it now, it is not "
+                  "shown again")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the HTTP API (embedded mode also runs a worker and the beat schedule in-process)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _setup()
+    with ExitStack() as stack:
+        if settings.embedded:
+            upgrade_database(settings)
+            from workers.embedded import running_worker
+
+            stack.enter_context(running_worker(settings.data_dir))
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "interactive,bulk,maintenance",
+    concurrency: Annotated[int | None, typer.Option(help="Pool processes.")] = None,
+    pool: Annotated[str, typer.Option(help="prefork, solo or threads.")] = "prefork",
+) -> None:
+    """Run a Celery worker (distributed mode)."""
+    from workers.app import celery_app
+
+    settings = _setup()
+    celery_app.worker_main([
+        "worker", f"--queues={queues}", f"--pool={pool}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
+    ])
+
+
+@app.command()
+def beat() -> None:
+    """Run Celery beat: the outbox relay and the sweeper on their schedules."""
+    from workers.app import celery_app
+
+    settings = _setup()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
+                      f"--loglevel={settings.log_level}"])
+
+
+@app.command()
+def process(
+    input_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="INPUT",
+                                               help="JSONL ('text', optional 'id'), CSV with a "
+                                                    "'text' column, or one text per line.")],
+    task: Annotated[str, typer.Option(help="Task to run.")] = "sentiment",
+    output: Annotated[Path | None, typer.Option(help="JSONL results (default: stdout).")] = None,
+) -> None:
+    """Run every text of a file through the queue and write one result line per input."""
+    from core.jobs.validation import check_task
+    from core.security import local_tenant_id
+    from producers import files
+
+    settings = _setup(quiet_logs=True)
+    check_task(task)
+    if settings.embedded:
+        upgrade_database(settings)
+    database = Database(settings.resolved_database_url)
+    with database.transaction() as session:
+        tenant_id = local_tenant_id(session)
+    with ExitStack() as stack:
+        if settings.embedded:
+            from workers.embedded import running_worker
+
+            stack.enter_context(running_worker(settings.data_dir))
+        started = time.perf_counter()
+        submitted = files.submit_file(database, settings, input_path, task=task,
+                                      tenant_id=tenant_id)
+        total = sum(1 for record in submitted.records if record.error is None)
+        _follow(database, submitted.jobs, total, files.finished_items)
+        elapsed = time.perf_counter() - started
+    with ExitStack() as stack:
+        out = stack.enter_context(output.open("w", encoding="utf-8")) if output else sys.stdout
+        tally = files.write_results(database, tenant_id, submitted, out)
+    _summary(len(submitted.records), total, elapsed, tally, output)
+
+
+def _follow(database: Database, jobs: list[object], total: int, finished: object) -> None:
+    columns = (TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]} items/s"), TimeElapsedColumn())
+    started = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("items", total=total, rate="0")
+        done = 0
+        while done < total:
+            time.sleep(0.25)
+            done = finished(database, jobs)  # type: ignore[operator]
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress.update(bar, completed=done, rate=f"{rate:,.0f}")
+
+
+def _summary(records: int, ran: int, elapsed: float, tally: dict[str, int], output: Path | None
+             ) -> None:
+    table = Table(title="inferq process", show_header=False)
+    table.add_row("inputs read", f"{records:,}")
+    table.add_row("inputs run", f"{ran:,}")
+    table.add_row("seconds", f"{elapsed:,.1f}")
+    table.add_row("items/s", f"{ran / max(elapsed, 1e-9):,.1f}")
+    for tier, count in sorted(tally.items()):
+        table.add_row(f"results: {tier}", f"{count:,}")
+    if output:
+        table.add_row("written to", str(output))
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Tasks and their fallback chains."""
+    from core.inference.registry import TASKS
+
+    table = Table("task", "tier", "adapter", "description")
+    for spec in TASKS.values():
+        for tier in spec.chain:
+            table.add_row(spec.name, tier.tier, tier.adapter, spec.description)
+    Console().print(table)
+
+
+@models_app.command("train")
+def models_train(
+    task: Annotated[str, typer.Argument(help="Task whose model to train.")] = "sentiment",
+    out_dir: Annotated[Path | None, typer.Option(help="Where to write the artefact.")] = None,
+) -> None:
+    """Train a task's model from the data shipped in data/ (reproducible: fixed seed)."""
+    from core.inference import training
+
+    _setup(quiet_logs=True)
+    if task != "sentiment":
+        raise typer.BadParameter(f"only 'sentiment' has a trainable model, not {task!r}")
+    target = out_dir or training.DEFAULT_ARTEFACT_DIR
+    path = training.train_sentiment(training.DEFAULT_DATA_DIR, target, progress=console.print)
+    console.print(f"artefact written to {path}")
+
+
+@models_app.command("evaluate")
+def models_evaluate(
+    task: Annotated[str, typer.Argument(help="Task to evaluate.")] = "sentiment",
+) -> None:
+    """Print SST-2 test accuracy of the sentiment model."""
+    from core.inference import training
+    from core.inference.transformer import SentimentTransformer
+
+    settings = _setup(quiet_logs=True)
+    if task != "sentiment":
+        raise typer.BadParameter(f"only 'sentiment' has an evaluation set, not {task!r}")
+    model = SentimentTransformer.load(device=settings.device)
+    report = training.evaluate_sentiment(model, training.DEFAULT_DATA_DIR)
+    table = Table("task", "tier", "model", "version", "accuracy", "n", "seconds")
+    table.add_row(task, "primary", model.name, model.version, f"{report['accuracy']:.4f}",
+                  str(report["n"]), f"{report['seconds']:.1f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,72 @@
+"""All configuration in one typed place: environment variables with the INFERQ_ prefix.
+
+Embedded mode is the default: a SQLite file under ``data_dir`` and Celery's in-memory transport
+with a worker inside the same process. Setting ``INFERQ_DATABASE_URL`` (PostgreSQL) and
+``INFERQ_BROKER_URL`` (Redis) switches to distributed mode with no code path of its own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERQ_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    broker_url: str = "memory://localhost/"
+    cache_url: str | None = None
+
+    # Keys are optional only where nothing but this process can reach the database.
+    require_api_keys: bool | None = None
+
+    # Edge limits: what a caller may send in one request.
+    max_inputs_per_job: int = Field(default=256, ge=1)
+    max_text_chars: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    max_wait_seconds: float = Field(default=30.0, ge=0)
+
+    # Work distribution. One broker message carries at most `chunk_size` item ids of one job.
+    chunk_size: int = Field(default=32, ge=1)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # A queued item whose message was sent this long ago and never claimed is sent again.
+    redispatch_after_seconds: float = Field(default=300.0, gt=0)
+    relay_interval_seconds: float = Field(default=2.0, gt=0)
+    sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    # Redis redelivers an unacked message after this long; keep it far above the longest batch.
+    visibility_timeout_seconds: int = Field(default=3600, ge=60)
+    worker_concurrency: int = Field(default=1, ge=1)
+
+    device: str = "auto"
+    torch_threads: int | None = None
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    metrics_port: int = 9100
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'inferq.db').resolve()}"
+
+    @property
+    def api_keys_required(self) -> bool:
+        if self.require_api_keys is not None:
+            return self.require_api_keys
+        return not self.embedded
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,50 @@
+"""The model registry: every task and its ordered fallback chain.
+
+Torch-free on purpose: the API imports this to validate task names and must never pull in
+torch. Tiers name their adapter as "module:Class" and are imported only when a worker loads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Tier = Literal["primary", "fallback", "rules"]
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    tier: Tier
+    adapter: str  # "module:Class"; the class has load(device=...) -> adapter with predict()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    chain: tuple[TierSpec, ...]
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            name="sentiment",
+            description="Binary sentiment (negative/positive) of English text.",
+            chain=(TierSpec("primary", "core.inference.transformer:SentimentTransformer"),),
+        ),
+        TaskSpec(
+            name="embed",
+            description="384-d L2-normalised sentence embeddings (all-MiniLM-L6-v2).",
+            chain=(TierSpec("primary", "core.inference.transformer:SentenceEmbedder"),),
+        ),
+    )
+}
+
+
+def task_names() -> frozenset[str]:
+    return frozenset(TASKS)
+
+
+def get_task(name: str) -> TaskSpec:
+    return TASKS[name]

@@ -1,0 +1,13 @@
+"""What a model adapter returns for one input. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str | None = None
+    score: float | None = None
+    scores: dict[str, float] | None = None
+    embedding: list[float] | None = None

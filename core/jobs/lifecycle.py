@@ -1,0 +1,194 @@
+"""What a worker does to items: claim them under a lease, record their results, release them
+after a failed attempt, and settle the job once every item is terminal.
+
+Each function runs inside the caller's transaction and locks the job row first, so concurrent
+workers finishing chunks of the same job settle it exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from core.db.models import Job, JobItem, Result, utcnow
+from core.inference.engine import Output
+from core.jobs.state import (
+    TERMINAL_ITEM,
+    TERMINAL_JOB,
+    ItemStatus,
+    JobStatus,
+    item_transition,
+    job_transition,
+    settled_job_status,
+)
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    id: int
+    index: int
+    text: str
+    input_hash: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: uuid.UUID
+    task: str
+    priority: str
+    items: list[ClaimedItem]
+
+
+def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id, with_for_update=True, populate_existing=True)
+
+
+def _lock_items(session: Session, job_id: uuid.UUID, item_ids: Sequence[int]) -> list[JobItem]:
+    query = (
+        select(JobItem)
+        .where(JobItem.job_id == job_id, JobItem.id.in_(list(item_ids)))
+        .order_by(JobItem.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(query))
+
+
+def claim_items(
+    session: Session,
+    job_id: uuid.UUID,
+    item_ids: Sequence[int],
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+) -> Claim | None:
+    """Lease the items that are free to run. Items finished, leased by a live worker, or in a
+    cancelled job are skipped, which makes a redelivered message harmless."""
+    job = lock_job(session, job_id)
+    if job is None or job.status in TERMINAL_JOB:
+        return None
+    now = utcnow()
+    claimed: list[ClaimedItem] = []
+    for item in _lock_items(session, job_id, item_ids):
+        lease_over = item.leased_until is None or item.leased_until <= now
+        if item.status == ItemStatus.RUNNING and not lease_over:
+            continue
+        if item.status not in (ItemStatus.QUEUED, ItemStatus.RUNNING):
+            continue
+        if item.attempts >= max_attempts:
+            _fail(item, f"gave up after {item.attempts} attempts; last error: "
+                        f"{item.error or 'the worker holding it stopped (lease expired)'}")
+            continue
+        item.status = item_transition(item.status, ItemStatus.RUNNING)
+        item.attempts += 1
+        item.leased_until = now + timedelta(seconds=lease_seconds)
+        claimed.append(ClaimedItem(item.id, item.index, item.text, item.input_hash))
+    if claimed and job.status == JobStatus.QUEUED:
+        job.status = job_transition(job.status, JobStatus.RUNNING)
+    settle_job(session, job)
+    return Claim(job.id, job.task, job.priority, claimed)
+
+
+def record_results(
+    session: Session, job_id: uuid.UUID, outcomes: Sequence[tuple[ClaimedItem, Output]]
+) -> int:
+    """Write one result per finished item (idempotent upsert) and mark the items succeeded.
+
+    Returns how many results this call wrote; a duplicate delivery writes none."""
+    job = lock_job(session, job_id)
+    if job is None:
+        return 0
+    by_id = {claimed.id: output for claimed, output in outcomes}
+    claimed_by_id = {claimed.id: claimed for claimed, _ in outcomes}
+    written = 0
+    for item in _lock_items(session, job_id, list(by_id)):
+        if item.status in TERMINAL_ITEM:
+            continue
+        output = by_id[item.id]
+        written += _upsert_result(session, job, claimed_by_id[item.id], output)
+        item.status = item_transition(item.status, ItemStatus.SUCCEEDED)
+        item.leased_until = None
+        item.error = None
+    settle_job(session, job)
+    return written
+
+
+def release_items(
+    session: Session, job_id: uuid.UUID, item_ids: Sequence[int], error: str, max_attempts: int
+) -> list[int]:
+    """After a failed attempt: items under the attempt cap go back to queued (returned, to be
+    dispatched again); the rest fail with the reason."""
+    job = lock_job(session, job_id)
+    if job is None:
+        return []
+    retry: list[int] = []
+    for item in _lock_items(session, job_id, item_ids):
+        if item.status != ItemStatus.RUNNING:
+            continue
+        item.error = error
+        item.leased_until = None
+        if item.attempts >= max_attempts:
+            _fail(item, f"gave up after {item.attempts} attempts; last error: {error}")
+        else:
+            item.status = item_transition(item.status, ItemStatus.QUEUED)
+            item.dispatched_at = utcnow()
+            retry.append(item.id)
+    settle_job(session, job)
+    return retry
+
+
+def settle_job(session: Session, job: Job) -> None:
+    if job.status in TERMINAL_JOB:
+        return
+    session.flush()
+    counts = session.execute(
+        select(JobItem.status, func.count()).where(JobItem.job_id == job.id).group_by(
+            JobItem.status
+        )
+    ).tuples()
+    target = settled_job_status([status for status, _ in counts])
+    if target is not None:
+        job.status = job_transition(job.status, target)
+        job.finished_at = utcnow()
+        if target == JobStatus.FAILED:
+            job.error = "every input failed; see each input's error"
+
+
+def _fail(item: JobItem, reason: str) -> None:
+    item.status = item_transition(item.status, ItemStatus.FAILED)
+    item.error = reason
+    item.leased_until = None
+
+
+def _upsert_result(session: Session, job: Job, claimed: ClaimedItem, output: Output) -> int:
+    prediction = output.prediction
+    extra = {
+        key: value
+        for key, value in (("scores", prediction.scores), ("embedding", prediction.embedding))
+        if value is not None
+    }
+    values = {
+        "item_id": claimed.id,
+        "job_id": job.id,
+        "task": job.task,
+        "input_hash": claimed.input_hash,
+        "model": output.model,
+        "version": output.version,
+        "tier": output.tier,
+        "degraded": output.degraded,
+        "cached": output.cached,
+        "label": prediction.label,
+        "score": prediction.score,
+        "output": extra or None,
+        "created_at": utcnow(),
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Result).values(**values).on_conflict_do_nothing(index_elements=["item_id"])
+    return int(session.execute(statement).rowcount or 0)  # type: ignore[attr-defined]

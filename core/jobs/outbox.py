@@ -1,0 +1,106 @@
+"""Transactional outbox: messages are rows first and broker messages only after commit.
+
+``add_run_items`` writes the rows inside the caller's transaction and asks for an immediate
+relay once that transaction commits (low latency); the periodic relay task sends anything that
+immediate attempt missed (process died, broker down). A row sent twice is harmless: workers skip
+items that are already finished or leased.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import structlog
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
+
+from core.broker import get_celery, send_run_items
+from core.db.models import OutboxMessage, utcnow
+from core.db.session import after_commit
+
+log = structlog.get_logger(__name__)
+
+RUN_ITEMS_KIND = "run_items"
+
+Sender = Callable[[OutboxMessage], None]
+
+
+def add_run_items(
+    session: Session,
+    job_id: str,
+    item_ids: Sequence[int],
+    *,
+    queue: str,
+    chunk_size: int,
+    request_id: str | None,
+) -> list[int]:
+    rows = [
+        OutboxMessage(
+            kind=RUN_ITEMS_KIND,
+            payload={
+                "job_id": job_id,
+                "item_ids": list(chunk),
+                "queue": queue,
+                "request_id": request_id,
+            },
+        )
+        for chunk in (item_ids[i : i + chunk_size] for i in range(0, len(item_ids), chunk_size))
+    ]
+    session.add_all(rows)
+    session.flush()
+    ids = [row.id for row in rows]
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    after_commit(session, lambda: relay_after_commit(engine, ids))
+    return ids
+
+
+def send_to_celery(message: OutboxMessage) -> None:
+    if message.kind != RUN_ITEMS_KIND:
+        raise ValueError(f"unknown outbox message kind {message.kind!r}")
+    payload = message.payload
+    send_run_items(
+        get_celery(),
+        payload["job_id"],
+        payload["item_ids"],
+        payload["queue"],
+        payload.get("request_id"),
+    )
+
+
+def relay(session: Session, send: Sender = send_to_celery, *, ids: Iterable[int] | None = None,
+          limit: int = 500) -> int:
+    """Send unsent rows and mark them sent. The rows were committed by an earlier transaction;
+    locking them (SKIP LOCKED) only stops two relays from sending the same row concurrently."""
+    query = (
+        select(OutboxMessage)
+        .where(OutboxMessage.sent_at.is_(None))
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if ids is not None:
+        query = query.where(OutboxMessage.id.in_(list(ids)))
+    rows = session.scalars(query).all()
+    for row in rows:
+        send(row)
+        row.sent_at = utcnow()
+    return len(rows)
+
+
+def relay_after_commit(engine: Engine, ids: list[int]) -> None:
+    try:
+        with Session(engine) as session, session.begin():
+            relay(session, ids=ids)
+    except Exception as exc:  # the periodic relay will send these rows; the commit stands
+        log.warning("immediate_relay_failed", outbox_ids=ids, error=repr(exc))
+
+
+def purge_sent(session: Session, older_than_seconds: float) -> int:
+    from datetime import timedelta
+
+    cutoff = utcnow() - timedelta(seconds=older_than_seconds)
+    result = session.execute(
+        delete(OutboxMessage).where(OutboxMessage.sent_at.is_not(None), OutboxMessage.sent_at < cutoff)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,95 @@
+"""The sweeper re-drives work the broker lost or a dead worker left behind.
+
+PostgreSQL is the truth: an item whose lease expired (its worker died) or whose message was
+sent long ago and never claimed (Redis lost it) is dispatched again, up to the attempt cap.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from core.config import Settings
+from core.db.models import Job, JobItem, utcnow
+from core.jobs import outbox
+from core.jobs.lifecycle import lock_job, settle_job
+from core.jobs.state import ItemStatus, item_transition
+
+SENT_OUTBOX_RETENTION_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    redispatched: int
+    failed: int
+
+
+def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepReport:
+    now = utcnow()
+    stale_before = now - timedelta(seconds=settings.redispatch_after_seconds)
+    candidates = session.scalars(
+        select(JobItem)
+        .where(
+            or_(
+                (JobItem.status == ItemStatus.RUNNING) & (JobItem.leased_until < now),
+                (JobItem.status == ItemStatus.QUEUED) & (JobItem.dispatched_at < stale_before),
+            )
+        )
+        .order_by(JobItem.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    by_job: dict[uuid.UUID, list[JobItem]] = defaultdict(list)
+    for item in candidates:
+        by_job[item.job_id].append(item)
+    redispatched = failed = 0
+    for job_id, items in by_job.items():
+        job = lock_job(session, job_id)
+        if job is None:
+            continue
+        again, gave_up = _redrive(items, settings.max_attempts)
+        failed += gave_up
+        if again:
+            redispatched += len(again)
+            _dispatch(session, settings, job, again)
+        settle_job(session, job)
+    outbox.purge_sent(session, SENT_OUTBOX_RETENTION_SECONDS)
+    return SweepReport(redispatched=redispatched, failed=failed)
+
+
+def _redrive(items: list[JobItem], max_attempts: int) -> tuple[list[int], int]:
+    now = utcnow()
+    again: list[int] = []
+    gave_up = 0
+    for item in items:
+        if item.status == ItemStatus.RUNNING and item.attempts >= max_attempts:
+            item.status = item_transition(item.status, ItemStatus.FAILED)
+            item.error = (
+                f"gave up after {item.attempts} attempts; last error: "
+                f"{item.error or 'the worker holding it stopped (lease expired)'}"
+            )
+            item.leased_until = None
+            gave_up += 1
+            continue
+        if item.status == ItemStatus.RUNNING:
+            item.status = item_transition(item.status, ItemStatus.QUEUED)
+            item.leased_until = None
+        item.dispatched_at = now
+        again.append(item.id)
+    return again, gave_up
+
+
+def _dispatch(session: Session, settings: Settings, job: Job, item_ids: list[int]) -> None:
+    outbox.add_run_items(
+        session,
+        str(job.id),
+        item_ids,
+        queue=job.priority,
+        chunk_size=settings.chunk_size,
+        request_id=job.request_id,
+    )

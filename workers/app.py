@@ -1,0 +1,47 @@
+"""The Celery worker: task bodies registered on the one app from ``core.broker``.
+
+Models load in the process that serves them: in each pool child after fork (worker_process_init)
+or, for the solo/threads pools, in the worker process itself — CUDA is never touched before a fork.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery.signals import worker_process_init, worker_ready
+
+from core.broker import get_celery
+from core.config import get_settings
+from core.telemetry.logging import configure_logging
+from workers import runtime
+
+celery_app = get_celery()
+celery_app.conf.include = ["workers.tasks.inference", "workers.tasks.maintenance"]
+celery_app.loader.import_default_modules()
+
+log = structlog.get_logger(__name__)
+
+
+def warm_up() -> None:
+    settings = get_settings()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    runtime.engine().warm_up(["sentiment"])
+    log.info("worker_warm", device=settings.device)
+
+
+@worker_process_init.connect
+def _init_child(**_: Any) -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    runtime.reset()
+    warm_up()
+
+
+@worker_ready.connect
+def _ready(sender: Any = None, **_: Any) -> None:
+    pool = getattr(getattr(sender, "pool_cls", None), "__name__", "")
+    log.info("worker_ready", pool=str(pool))

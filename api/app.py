@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
-from fastapi import FastAPI, Request, Response
-from starlette.middleware.base import RequestResponseEndpoint
+from fastapi import FastAPI
 
 from api import errors
 from api.middleware import BodySizeLimit
@@ -26,7 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, extra=[_request_id])
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
         app.state.celery = get_celery()
@@ -44,11 +43,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(health.router)
 
-    @app.middleware("http")
-    async def bind_request_id(request: Request, call_next: RequestResponseEndpoint) -> Response:
-        with structlog.contextvars.bound_contextvars(request_id=correlation_id.get()):
-            return await call_next(request)
-
     app.add_middleware(CorrelationIdMiddleware, validator=None)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _request_id(_logger: object, _method: str, event: dict[str, object]) -> dict[str, object]:
+    """structlog processor: stamp every log line of a request with its X-Request-ID."""
+    request_id = correlation_id.get()
+    if request_id:
+        event.setdefault("request_id", request_id)
+    return event

@@ -1,18 +1,24 @@
 """ASGI middleware: a cap on request body size.
 
-Hand-written because neither Starlette nor uvicorn limits body size; it counts the bytes as
-they stream in, so a chunked upload without Content-Length is capped too.
+Hand-written because Starlette's RequestBodyLimitMiddleware (behind FastAPI's max_body_size)
+answers an over-long Content-Length with a text/plain 413, and every error here must be
+problem+json. It rejects on Content-Length up front and counts streamed (chunked) bytes too.
 """
 
 from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the body streams in; FastAPI passes HTTPExceptions to the problem handler."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is over {max_bytes} bytes; send fewer or "
+                              "shorter inputs, or use /v1/batches")
 
 
 class BodySizeLimit:
@@ -35,13 +41,10 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise BodyTooLarge
+                raise BodyTooLarge(self.max_bytes)
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except BodyTooLarge:
-            await self._reject(scope, send)
+        await self.app(scope, counting_receive, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
         body = json.dumps({

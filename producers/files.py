@@ -103,7 +103,7 @@ def submit_file(
 
 
 def finished_items(database: Database, jobs: list[uuid.UUID]) -> int:
-    with database.transaction() as session:
+    with database.read() as session:
         return int(
             session.scalar(
                 select(func.count())
@@ -133,7 +133,7 @@ def write_results(
 def _result_lines(database: Database, tenant_id: int, jobs: list[uuid.UUID]
                   ) -> Iterator[dict[str, Any]]:
     for job_id in jobs:
-        with database.transaction() as session:
+        with database.read() as session:
             view = get_job(session, tenant_id, job_id)
             for item in view.items:
                 if item.result is None:

@@ -79,7 +79,7 @@ async def read_job(
 
 
 def _read(database: Database, tenant_id: int, job_id: uuid.UUID) -> JobOut:
-    with database.transaction() as session:
+    with database.read() as session:
         return job_out(get_job(session, tenant_id, job_id))
 
 
@@ -91,14 +91,17 @@ def delete_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> 
 
 @router.get("", response_model=JobPage, responses=PROBLEMS)
 def list_my_jobs(
-    session: SessionDep,
+    database: DatabaseDep,
     tenant_id: TenantDep,
     job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> JobPage:
-    jobs, next_cursor = list_jobs(session, tenant_id, status=job_status, limit=limit, cursor=cursor)
-    return JobPage(data=[job_summary(job) for job in jobs], next_cursor=next_cursor)
+    with database.read() as session:
+        jobs, next_cursor = list_jobs(
+            session, tenant_id, status=job_status, limit=limit, cursor=cursor
+        )
+        return JobPage(data=[job_summary(job) for job in jobs], next_cursor=next_cursor)
 
 
 

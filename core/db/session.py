@@ -10,16 +10,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 _AFTER_COMMIT = "inferq_after_commit"
+_SQLITE_BEGIN = "inferq_sqlite_begin"
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
@@ -31,6 +33,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # pysqlite opens transactions lazily and its own way, so a savepoint could commit on release;
+    # SQLAlchemy's documented fix: turn that off and emit BEGIN ourselves (see _sqlite_begin).
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Writers BEGIN IMMEDIATE: taking the write lock up front means a read-then-write transaction
+    # waits its turn instead of failing to upgrade its lock. Readers (Database.read) stay DEFERRED
+    # so that, with WAL, they never wait for a writer.
+    mode = connection.get_execution_options().get(_SQLITE_BEGIN, "IMMEDIATE")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:
@@ -56,6 +69,16 @@ class Database:
             callbacks: list[Callable[[], None]] = session.info.pop(_AFTER_COMMIT, [])
         for callback in callbacks:
             callback()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only unit of work: nothing is committed, and on SQLite it never blocks."""
+        with self.sessions() as session:
+            session.connection(execution_options={_SQLITE_BEGIN: "DEFERRED"})
+            try:
+                yield session
+            finally:
+                session.rollback()
 
     def dispose(self) -> None:
         self.engine.dispose()

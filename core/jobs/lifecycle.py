@@ -123,7 +123,7 @@ def release_items(
     session: Session, job_id: uuid.UUID, item_ids: Sequence[int], error: str, max_attempts: int
 ) -> list[int]:
     """After a failed attempt: items under the attempt cap go back to queued (returned, to be
-    dispatched again); the rest fail with the reason."""
+    dispatched again); the rest fail with the reason. A cancelled job's items are retired."""
     job = lock_job(session, job_id)
     if job is None:
         return []
@@ -133,7 +133,9 @@ def release_items(
             continue
         item.error = error
         item.leased_until = None
-        if item.attempts >= max_attempts:
+        if job.status in TERMINAL_JOB:
+            retire(item)
+        elif item.attempts >= max_attempts:
             _fail(item, f"gave up after {item.attempts} attempts; last error: {error}")
         else:
             item.status = item_transition(item.status, ItemStatus.QUEUED)
@@ -158,6 +160,13 @@ def settle_job(session: Session, job: Job) -> None:
         job.finished_at = utcnow()
         if target == JobStatus.FAILED:
             job.error = "every input failed; see each input's error"
+
+
+def retire(item: JobItem) -> None:
+    """An unfinished item of a job that is already over (cancelled) will never run."""
+    item.status = item_transition(item.status, ItemStatus.CANCELLED)
+    item.error = "its job was cancelled before it finished"
+    item.leased_until = None
 
 
 def _fail(item: JobItem, reason: str) -> None:
@@ -190,5 +199,10 @@ def _upsert_result(session: Session, job: Job, claimed: ClaimedItem, output: Out
     }
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Result).values(**values).on_conflict_do_nothing(index_elements=["item_id"])
-    return int(session.execute(statement).rowcount or 0)  # type: ignore[attr-defined]
+    statement = (
+        insert(Result)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["item_id"])
+        .returning(Result.id)
+    )
+    return len(session.execute(statement).all())

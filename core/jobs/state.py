@@ -42,9 +42,16 @@ _ITEM_MOVES: dict[ItemStatus, frozenset[ItemStatus]] = {
     ItemStatus.QUEUED: frozenset(
         {ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED}
     ),
-    # running -> queued: the lease expired or the attempt failed and will be retried.
+    # running -> queued: the lease expired or the attempt failed and will be retried;
+    # running -> cancelled: it would be retried, but its job was cancelled meanwhile.
     ItemStatus.RUNNING: frozenset(
-        {ItemStatus.QUEUED, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED}
+        {
+            ItemStatus.QUEUED,
+            ItemStatus.RUNNING,
+            ItemStatus.SUCCEEDED,
+            ItemStatus.FAILED,
+            ItemStatus.CANCELLED,
+        }
     ),
 }
 

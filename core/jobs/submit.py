@@ -17,7 +17,7 @@ from core.db.models import Job, JobItem, utcnow
 from core.errors import IdempotencyConflict, InvalidInput
 from core.inference.preprocess import normalise
 from core.jobs import outbox
-from core.jobs.validation import check_inputs, check_task
+from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
 
 PRIORITIES = ("interactive", "bulk")
 
@@ -66,6 +66,8 @@ def submit_job(
 ) -> Submitted:
     check_task(request.task)
     texts = check_inputs(request.inputs, settings)
+    check_metadata(request.metadata)
+    check_webhook_url(request.webhook_url)
     if request.priority not in PRIORITIES:
         raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}")
     fingerprint = request.fingerprint()

@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db.models import Job, JobItem, utcnow
 from core.jobs import outbox
-from core.jobs.lifecycle import lock_job, settle_job
-from core.jobs.state import ItemStatus, item_transition
+from core.jobs.lifecycle import lock_job, retire, settle_job
+from core.jobs.state import TERMINAL_JOB, ItemStatus, item_transition
 
 SENT_OUTBOX_RETENTION_SECONDS = 24 * 3600
 
@@ -51,6 +51,10 @@ def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepRe
     for job_id, items in by_job.items():
         job = lock_job(session, job_id)
         if job is None:
+            continue
+        if job.status in TERMINAL_JOB:
+            for item in items:
+                retire(item)
             continue
         again, gave_up = _redrive(items, settings.max_attempts)
         failed += gave_up

@@ -6,8 +6,11 @@ refused here with a message that says what to fix rather than failing later in a
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 from core.config import Settings
 from core.errors import InvalidInput, UnknownTask
@@ -65,3 +68,33 @@ def check_inputs(inputs: Sequence[object], settings: Settings) -> list[str]:
         check_text(text, max_chars=settings.max_text_chars, where=f"inputs[{i}]")
         for i, text in enumerate(inputs)
     ]
+
+
+MAX_METADATA_BYTES = 16_384
+
+
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metadata is None:
+        return None
+    try:
+        encoded = json.dumps(metadata, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise InvalidInput(
+            "metadata must be JSON made of valid UTF-8 text (no lone surrogates)"
+        ) from exc
+    if b"\\u0000" in encoded:
+        raise InvalidInput("metadata contains a NUL character; remove it")
+    if len(encoded) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is {len(encoded)} bytes; the limit is {MAX_METADATA_BYTES}")
+    return metadata
+
+
+def check_webhook_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not url.isascii() or not url.isprintable():
+        raise InvalidInput("webhook_url must be printable ASCII (percent-encode other characters)")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("webhook_url must be an absolute http(s) URL with a host")
+    return url

@@ -13,10 +13,13 @@ import structlog
 _configured = False
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", extra: list[structlog.types.Processor] | None = None
+) -> None:
     global _configured
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
+        *(extra or []),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -29,7 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
         app.state.celery = get_celery()
-        log.info("api_started", embedded=settings.embedded, keys_required=settings.api_keys_required)
+        log.info(
+            "api_started", embedded=settings.embedded, keys_required=settings.api_keys_required
+        )
         yield
         app.state.database.dispose()
 

@@ -17,8 +17,9 @@ PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
 
 
-def problem(status: int, title: str, detail: str | None, request: Request, **extra: Any
-            ) -> JSONResponse:
+def problem(
+    status: int, title: str, detail: str | None, request: Request, **extra: Any
+) -> JSONResponse:
     body = {
         "type": f"https://inferq.dev/problems/{title.lower().replace(' ', '-')}",
         "title": title,
@@ -28,14 +29,18 @@ def problem(status: int, title: str, detail: str | None, request: Request, **ext
         **extra,
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON,
-                        headers=headers)
+    return JSONResponse(
+        jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def _describe(error: dict[str, Any]) -> dict[str, Any]:
     location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-    return {"field": location or "body", "message": error.get("msg", "invalid"),
-            "type": error.get("type")}
+    return {
+        "field": location or "body",
+        "message": error.get("msg", "invalid"),
+        "type": error.get("type"),
+    }
 
 
 async def _inferq_error(request: Request, exc: Exception) -> JSONResponse:
@@ -52,15 +57,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    title = {400: "Bad request", 404: "Not found", 405: "Method not allowed",
-             413: "Payload too large", 415: "Unsupported media type"}.get(exc.status_code, "Error")
+    title = {
+        400: "Bad request",
+        404: "Not found",
+        405: "Method not allowed",
+        413: "Payload too large",
+        415: "Unsupported media type",
+    }.get(exc.status_code, "Error")
     return problem(exc.status_code, title, str(exc.detail), request)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", path=request.url.path)
-    return problem(500, "Internal error", "an unexpected error occurred; it has been logged",
-                   request)
+    return problem(
+        500, "Internal error", "an unexpected error occurred; it has been logged", request
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -17,8 +17,11 @@ class BodyTooLarge(HTTPException):
     """Raised while the body streams in; FastAPI passes HTTPExceptions to the problem handler."""
 
     def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"the request body is over {max_bytes} bytes; send fewer or "
-                              "shorter inputs, or use /v1/batches")
+        super().__init__(
+            413,
+            f"the request body is over {max_bytes} bytes; send fewer or "
+            "shorter inputs, or use /v1/batches",
+        )
 
 
 class BodySizeLimit:
@@ -47,16 +50,24 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        body = json.dumps({
-            "type": "https://inferq.dev/problems/payload-too-large",
-            "title": "Payload too large",
-            "status": 413,
-            "detail": f"the request body is over {self.max_bytes} bytes; send fewer or shorter "
-                      "inputs, or use /v1/batches",
-            "instance": scope.get("path"),
-        }).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/problem+json"),
-            (b"content-length", str(len(body)).encode()),
-        ]})
+        body = json.dumps(
+            {
+                "type": "https://inferq.dev/problems/payload-too-large",
+                "title": "Payload too large",
+                "status": 413,
+                "detail": f"the request body is over {self.max_bytes} bytes; send fewer or shorter "
+                "inputs, or use /v1/batches",
+                "instance": scope.get("path"),
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/problem+json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

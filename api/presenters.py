@@ -24,8 +24,9 @@ def job_summary(job: Job) -> JobSummary:
 
 def job_out(view: JobView) -> JobOut:
     counts = view.counts
-    done = sum(counts.get(s, 0) for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED,
-                                          ItemStatus.CANCELLED))
+    done = sum(
+        counts.get(s, 0) for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED)
+    )
     return JobOut(
         **job_summary(view.job).model_dump(),
         counts=Counts(

@@ -6,7 +6,9 @@ Adapters (api, workers, producers) are imported inside the commands that need th
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -71,8 +73,9 @@ def keys_create(name: str) -> None:
     with database.transaction() as session:
         created = create_key(session, name)
     typer.echo(created.key)
-    console.print(f"key for tenant {name!r} (id {created.tenant_id}); store it now, it is not "
-                  "shown again")
+    console.print(
+        f"key for tenant {name!r} (id {created.tenant_id}); store it now, it is not shown again"
+    )
 
 
 @app.command()
@@ -97,19 +100,30 @@ def serve(
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = "interactive,bulk,maintenance",
+    queues: Annotated[
+        str, typer.Option(help="Comma-separated queues.")
+    ] = "interactive,bulk,maintenance",
     concurrency: Annotated[int | None, typer.Option(help="Pool processes.")] = None,
     pool: Annotated[str, typer.Option(help="prefork, solo or threads.")] = "prefork",
 ) -> None:
     """Run a Celery worker (distributed mode)."""
+    settings = _setup()
+    # Pool children record metrics into files here; the main process serves them all on
+    # INFERQ_METRICS_PORT. prometheus_client reads this variable when it is first imported.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="inferq-metrics-"))
     from workers.app import celery_app
 
-    settings = _setup()
-    celery_app.worker_main([
-        "worker", f"--queues={queues}", f"--pool={pool}",
-        f"--concurrency={concurrency or settings.worker_concurrency}",
-        "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
-    ])
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--queues={queues}",
+            f"--pool={pool}",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
 
 
 @app.command()
@@ -119,15 +133,26 @@ def beat() -> None:
 
     settings = _setup()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    celery_app.start(["beat", f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
-                      f"--loglevel={settings.log_level}"])
+    celery_app.start(
+        [
+            "beat",
+            f"--schedule={settings.data_dir / 'celerybeat-schedule'}",
+            f"--loglevel={settings.log_level}",
+        ]
+    )
 
 
 @app.command()
 def process(
-    input_path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="INPUT",
-                                               help="JSONL ('text', optional 'id'), CSV with a "
-                                                    "'text' column, or one text per line.")],
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            metavar="INPUT",
+            help="JSONL ('text', optional 'id'), CSV with a 'text' column, or one text per line.",
+        ),
+    ],
     task: Annotated[str, typer.Option(help="Task to run.")] = "sentiment",
     output: Annotated[Path | None, typer.Option(help="JSONL results (default: stdout).")] = None,
 ) -> None:
@@ -149,8 +174,9 @@ def process(
 
             stack.enter_context(running_worker(settings.data_dir))
         started = time.perf_counter()
-        submitted = files.submit_file(database, settings, input_path, task=task,
-                                      tenant_id=tenant_id)
+        submitted = files.submit_file(
+            database, settings, input_path, task=task, tenant_id=tenant_id
+        )
         total = sum(1 for record in submitted.records if record.error is None)
         _follow(database, submitted.jobs, total, files.finished_items)
         elapsed = time.perf_counter() - started
@@ -166,8 +192,13 @@ def _follow(
     total: int,
     finished: Callable[[Database, list[uuid.UUID]], int],
 ) -> None:
-    columns = (TextColumn("[bold]processing"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]} items/s"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]processing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} items/s"),
+        TimeElapsedColumn(),
+    )
     started = time.perf_counter()
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("items", total=total, rate="0")
@@ -179,8 +210,9 @@ def _follow(
             progress.update(bar, completed=done, rate=f"{rate:,.0f}")
 
 
-def _summary(records: int, ran: int, elapsed: float, tally: dict[str, int], output: Path | None
-             ) -> None:
+def _summary(
+    records: int, ran: int, elapsed: float, tally: dict[str, int], output: Path | None
+) -> None:
     table = Table(title="inferq process", show_header=False)
     table.add_row("inputs read", f"{records:,}")
     table.add_row("inputs run", f"{ran:,}")
@@ -235,8 +267,15 @@ def models_evaluate(
     model = SentimentTransformer.load(device=settings.device)
     report = training.evaluate_sentiment(model, training.DEFAULT_DATA_DIR)
     table = Table("task", "tier", "model", "version", "accuracy", "n", "seconds")
-    table.add_row(task, "primary", model.name, model.version, f"{report['accuracy']:.4f}",
-                  str(report["n"]), f"{report['seconds']:.1f}")
+    table.add_row(
+        task,
+        "primary",
+        model.name,
+        model.version,
+        f"{report['accuracy']:.4f}",
+        str(report["n"]),
+        f"{report['seconds']:.1f}",
+    )
     Console().print(table)
 
 

@@ -96,8 +96,12 @@ def submit_file(
     size = settings.max_inputs_per_job
     for chunk in (runnable[i : i + size] for i in range(0, len(runnable), size)):
         with database.transaction() as session:
-            request = JobRequest(task, [record.text or "" for record in chunk], priority="bulk",
-                                 metadata={"source": path.name})
+            request = JobRequest(
+                task,
+                [record.text or "" for record in chunk],
+                priority="bulk",
+                metadata={"source": path.name},
+            )
             jobs.append(submit_job(session, settings, tenant_id=tenant_id, request=request).job.id)
     return SubmittedFile(jobs, records)
 
@@ -121,17 +125,20 @@ def write_results(
     tally: dict[str, int] = {}
     lines = iter(_result_lines(database, tenant_id, submitted.jobs))
     for record in submitted.records:
-        row = {"id": record.id, "error": record.error} if record.error else next(lines) | {
-            "id": record.id
-        }
+        row = (
+            {"id": record.id, "error": record.error}
+            if record.error
+            else next(lines) | {"id": record.id}
+        )
         key = row.get("tier") or "failed"
         tally[str(key)] = tally.get(str(key), 0) + 1
         output.write(json.dumps(row, ensure_ascii=False) + "\n")
     return tally
 
 
-def _result_lines(database: Database, tenant_id: int, jobs: list[uuid.UUID]
-                  ) -> Iterator[dict[str, Any]]:
+def _result_lines(
+    database: Database, tenant_id: int, jobs: list[uuid.UUID]
+) -> Iterator[dict[str, Any]]:
     for job_id in jobs:
         with database.read() as session:
             view = get_job(session, tenant_id, job_id)

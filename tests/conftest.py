@@ -10,6 +10,7 @@ from core.config import get_settings
 from core.db.session import Database
 from tests.services import (
     Stack,
+    free_port,
     fresh_postgres_database,
     fresh_redis_db,
     service_up,
@@ -25,8 +26,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.get_closest_marker("integration") or item.get_closest_marker("chaos") for item in items
     )
     if needs_services:
-        missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
-                   if not service_up("127.0.0.1", port)]
+        missing = [
+            name
+            for name, port in (("PostgreSQL", 5432), ("Redis", 6379))
+            if not service_up("127.0.0.1", port)
+        ]
         if missing:
             raise pytest.UsageError(f"integration tests need {', '.join(missing)} on 127.0.0.1")
 
@@ -91,6 +95,7 @@ def stack_env(pg_url: str, redis_url: str, data_dir: Path, **overrides: str) -> 
         "INFERQ_DEVICE": "cpu",
         "INFERQ_TORCH_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
+        "INFERQ_METRICS_PORT": str(free_port()),
     }
     env.update(overrides)
     return env

@@ -74,16 +74,25 @@ class Stack:
 
     def run(self, *args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "core.cli", *args], env=self.env, cwd=REPO,
-            capture_output=True, text=True, timeout=120, check=True,
+            [sys.executable, "-m", "core.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         )
         return done.stdout.strip()
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *args], env=self.env, cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "core.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes[name] = process
         return process
@@ -100,8 +109,13 @@ class Stack:
 
     def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
         process = self.start(name, "worker", "--pool", "prefork", "--concurrency", "1", *extra)
-        wait_for(lambda: "worker_warm" in self.log(name) and "ready" in self.log(name), 180,
-                 f"{name} to load its model", self, name)
+        wait_for(
+            lambda: "worker_warm" in self.log(name) and "ready" in self.log(name),
+            180,
+            f"{name} to load its model",
+            self,
+            name,
+        )
         return process
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -128,8 +142,13 @@ def _healthy(url: str | None) -> bool:
         return False
 
 
-def wait_for(condition: object, timeout: float, what: str, stack: Stack | None = None,
-             log_name: str | None = None) -> None:
+def wait_for(
+    condition: object,
+    timeout: float,
+    what: str,
+    stack: Stack | None = None,
+    log_name: str | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():  # type: ignore[operator]

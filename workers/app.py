@@ -6,10 +6,11 @@ or, for the solo/threads pools, in the worker process itself — CUDA is never t
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import structlog
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_ready
 
 from core.broker import get_celery
 from core.config import get_settings
@@ -39,6 +40,26 @@ def _init_child(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
     runtime.reset()
     warm_up()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _serve_metrics(**_: Any) -> None:
+    """Serve the metrics of every pool process from the main process (prometheus multiprocess)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(get_settings().metrics_port, registry=registry)
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _child_gone(pid: int | None = None, **_: Any) -> None:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ and pid:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

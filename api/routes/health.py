@@ -21,7 +21,10 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request, database: DatabaseDep) -> JSONResponse:
-    checks: dict[str, Any] = {"database": _check_database(database), "broker": _check_broker(request)}
+    checks: dict[str, Any] = {
+        "database": _check_database(database),
+        "broker": _check_broker(request),
+    }
     ready = all(check == "ok" for check in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},

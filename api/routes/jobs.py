@@ -102,6 +102,3 @@ def list_my_jobs(
             session, tenant_id, status=job_status, limit=limit, cursor=cursor
         )
         return JobPage(data=[job_summary(job) for job in jobs], next_cursor=next_cursor)
-
-
-

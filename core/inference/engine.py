@@ -73,9 +73,8 @@ class InferenceEngine:
                 errors.append(f"{tier.tier}: {exc!r}")
                 continue
             if len(predictions) != len(texts):
-                raise ChainExhausted(
-                    f"{task}/{tier.tier} returned {len(predictions)} results for {len(texts)} inputs"
-                )
+                count = f"{len(predictions)} results for {len(texts)} inputs"
+                raise ChainExhausted(f"{task}/{tier.tier} returned {count}")
             return [
                 Output(p, adapter.name, adapter.version, tier.tier, degraded=position > 0)
                 for p in predictions

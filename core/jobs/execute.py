@@ -55,11 +55,19 @@ def run_items(
         return _release(db, settings, claim.job_id, claim.priority, claim.items, repr(exc))
     BATCH_SECONDS.labels(claim.task).observe(time.perf_counter() - started)
     with db.transaction() as session:
-        written = record_results(session, claim.job_id, list(zip(claim.items, outputs, strict=True)))
+        written = record_results(
+            session, claim.job_id, list(zip(claim.items, outputs, strict=True))
+        )
     for output in outputs:
         ITEMS_FINISHED.labels(claim.task, output.tier, "succeeded").inc()
-    log.info("batch_done", job_id=str(job_id), task=claim.task, items=len(outputs),
-             written=written, seconds=round(time.perf_counter() - started, 4))
+    log.info(
+        "batch_done",
+        job_id=str(job_id),
+        task=claim.task,
+        items=len(outputs),
+        written=written,
+        seconds=round(time.perf_counter() - started, 4),
+    )
     return RunReport(len(claim.items), written, 0)
 
 
@@ -76,6 +84,12 @@ def _release(
     with db.transaction() as session:
         retry = release_items(session, job_id, ids, error, settings.max_attempts)
         if retry:
-            outbox.add_run_items(session, str(job_id), retry, queue=priority,
-                                 chunk_size=settings.chunk_size, request_id=None)
+            outbox.add_run_items(
+                session,
+                str(job_id),
+                retry,
+                queue=priority,
+                chunk_size=settings.chunk_size,
+                request_id=None,
+            )
     return RunReport(len(ids), 0, len(retry))

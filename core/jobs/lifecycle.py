@@ -82,8 +82,11 @@ def claim_items(
         if item.status not in (ItemStatus.QUEUED, ItemStatus.RUNNING):
             continue
         if item.attempts >= max_attempts:
-            _fail(item, f"gave up after {item.attempts} attempts; last error: "
-                        f"{item.error or 'the worker holding it stopped (lease expired)'}")
+            _fail(
+                item,
+                f"gave up after {item.attempts} attempts; last error: "
+                f"{item.error or 'the worker holding it stopped (lease expired)'}",
+            )
             continue
         item.status = item_transition(item.status, ItemStatus.RUNNING)
         item.attempts += 1
@@ -150,9 +153,9 @@ def settle_job(session: Session, job: Job) -> None:
         return
     session.flush()
     counts = session.execute(
-        select(JobItem.status, func.count()).where(JobItem.job_id == job.id).group_by(
-            JobItem.status
-        )
+        select(JobItem.status, func.count())
+        .where(JobItem.job_id == job.id)
+        .group_by(JobItem.status)
     ).tuples()
     target = settled_job_status([status for status, _ in counts])
     if target is not None:

@@ -68,8 +68,13 @@ def send_to_celery(message: OutboxMessage) -> None:
     )
 
 
-def relay(session: Session, send: Sender = send_to_celery, *, ids: Iterable[int] | None = None,
-          limit: int = 500) -> int:
+def relay(
+    session: Session,
+    send: Sender = send_to_celery,
+    *,
+    ids: Iterable[int] | None = None,
+    limit: int = 500,
+) -> int:
     """Send unsent rows and mark them sent. The rows were committed by an earlier transaction;
     locking them (SKIP LOCKED) only stops two relays from sending the same row concurrently."""
     query = (
@@ -101,6 +106,8 @@ def purge_sent(session: Session, older_than_seconds: float) -> int:
 
     cutoff = utcnow() - timedelta(seconds=older_than_seconds)
     result = session.execute(
-        delete(OutboxMessage).where(OutboxMessage.sent_at.is_not(None), OutboxMessage.sent_at < cutoff)
+        delete(OutboxMessage).where(
+            OutboxMessage.sent_at.is_not(None), OutboxMessage.sent_at < cutoff
+        )
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -23,13 +23,16 @@ class JobView:
     items: list[JobItem]
 
 
-def get_job(session: Session, tenant_id: int, job_id: uuid.UUID, *, with_items: bool = True
-            ) -> JobView:
+def get_job(
+    session: Session, tenant_id: int, job_id: uuid.UUID, *, with_items: bool = True
+) -> JobView:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"job {job_id} not found")
     rows = session.execute(
-        select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
+        select(JobItem.status, func.count())
+        .where(JobItem.job_id == job_id)
+        .group_by(JobItem.status)
     ).tuples()
     counts = {status: count for status, count in rows}
     items: list[JobItem] = []
@@ -60,7 +63,9 @@ def list_jobs(
     if cursor:
         created_at, job_id = decode_cursor(cursor)
         query = query.where(tuple_(Job.created_at, Job.id) < tuple_(created_at, job_id))
-    jobs = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    jobs = list(
+        session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1))
+    )
     next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
     return jobs[:limit], next_cursor
 

@@ -77,8 +77,16 @@ def submit_job(
             return Submitted(_same_request(earlier, fingerprint), created=False)
     try:
         with session.begin_nested():
-            job = _insert(session, settings, tenant_id, request, texts, fingerprint,
-                          idempotency_key, request_id)
+            job = _insert(
+                session,
+                settings,
+                tenant_id,
+                request,
+                texts,
+                fingerprint,
+                idempotency_key,
+                request_id,
+            )
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
         earlier = _find_by_key(session, tenant_id, idempotency_key) if idempotency_key else None
@@ -128,9 +136,7 @@ def _insert(
 
 
 def _find_by_key(session: Session, tenant_id: int, key: str) -> Job | None:
-    return session.scalar(
-        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
-    )
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
 def _same_request(job: Job, fingerprint: str) -> Job:

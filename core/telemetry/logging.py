@@ -16,7 +16,7 @@ _configured = False
 def configure_logging(
     level: str = "INFO", fmt: str = "json", extra: list[structlog.types.Processor] | None = None
 ) -> None:
-    global _configured
+    global _configured  # noqa: PLW0603 - stdlib logging is process-global; configure it once
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         *(extra or []),

@@ -47,23 +47,43 @@ def test_sigkilled_worker_loses_and_duplicates_nothing(stack_factory: object, pg
     texts = _sst2_sentences(INPUTS)
     assert len(texts) == INPUTS
 
-    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+    with httpx.Client(
+        base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as client:
         for start in (0, 160):
-            created = client.post("/v1/jobs", json={"task": "sentiment", "priority": "bulk",
-                                                    "inputs": texts[start:start + 160]})
+            created = client.post(
+                "/v1/jobs",
+                json={
+                    "task": "sentiment",
+                    "priority": "bulk",
+                    "inputs": texts[start : start + 160],
+                },
+            )
             assert created.status_code == 202, created.text
 
-    wait_for(lambda: _status_counts(database).get("running", 0) > 0
-             and _status_counts(database).get("succeeded", 0) >= 16, 120,
-             "the first worker to be mid-batch", stack, "worker-1")
+    wait_for(
+        lambda: (
+            _status_counts(database).get("running", 0) > 0
+            and _status_counts(database).get("succeeded", 0) >= 16
+        ),
+        120,
+        "the first worker to be mid-batch",
+        stack,
+        "worker-1",
+    )
     stack.kill("worker-1")
     before = _status_counts(database)
     assert before.get("succeeded", 0) < INPUTS, "the kill came too late to test anything"
 
     stack.start_worker("worker-2")
     started = time.monotonic()
-    wait_for(lambda: _status_counts(database).get("succeeded", 0) == INPUTS, 180,
-             "every input to succeed after the restart", stack, "worker-2")
+    wait_for(
+        lambda: _status_counts(database).get("succeeded", 0) == INPUTS,
+        180,
+        "every input to succeed after the restart",
+        stack,
+        "worker-2",
+    )
     recovery_seconds = time.monotonic() - started
 
     with database.transaction() as session:

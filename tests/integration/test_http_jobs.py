@@ -4,7 +4,9 @@ real transformer, and beat — each a separate `inferq` process."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.conftest import Deployment
@@ -18,7 +20,9 @@ RESULT_FIELDS = {"index", "label", "score", "model", "version", "tier", "degrade
 
 def test_submitted_job_reaches_succeeded_with_a_result_per_input(deployment: Deployment) -> None:
     with deployment.client() as client:
-        created = client.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE, NEGATIVE]})
+        created = client.post(
+            "/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE, NEGATIVE]}
+        )
         assert created.status_code == 202, created.text
         assert created.headers["location"] == f"/v1/jobs/{created.json()['id']}"
 
@@ -27,7 +31,7 @@ def test_submitted_job_reaches_succeeded_with_a_result_per_input(deployment: Dep
     assert job["status"] == "succeeded", job
     results = job["results"]
     assert [r["index"] for r in results] == [0, 1]
-    assert all(RESULT_FIELDS <= set(r) for r in results)
+    assert all(set(r) >= RESULT_FIELDS for r in results)
     assert [r["label"] for r in results] == ["positive", "negative"]
     assert all(r["tier"] == "primary" and not r["degraded"] for r in results)
     assert all(0.5 < r["score"] <= 1.0 for r in results)
@@ -61,8 +65,9 @@ def test_same_idempotency_key_with_another_body_is_422(deployment: Deployment) -
     headers = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
     with deployment.client() as client:
         client.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE]}, headers=headers)
-        reused = client.post("/v1/jobs", json={"task": "sentiment", "inputs": [NEGATIVE]},
-                             headers=headers)
+        reused = client.post(
+            "/v1/jobs", json={"task": "sentiment", "inputs": [NEGATIVE]}, headers=headers
+        )
 
     assert reused.status_code == 422
     assert reused.headers["content-type"] == "application/problem+json"
@@ -74,10 +79,22 @@ def test_cancelled_job_stays_cancelled_and_its_queued_inputs_never_run(
 ) -> None:
     with deployment.client() as client:
         # Keep the single worker busy so the target job's messages wait in the queue.
-        busy = client.post("/v1/jobs", json={"task": "sentiment", "priority": "bulk",
-                                             "inputs": [f"{POSITIVE} {i}" * 8 for i in range(256)]})
-        target = client.post("/v1/jobs", json={"task": "sentiment", "priority": "bulk",
-                                               "inputs": [f"{NEGATIVE} {i}" for i in range(128)]})
+        busy = client.post(
+            "/v1/jobs",
+            json={
+                "task": "sentiment",
+                "priority": "bulk",
+                "inputs": [f"{POSITIVE} {i}" * 8 for i in range(256)],
+            },
+        )
+        target = client.post(
+            "/v1/jobs",
+            json={
+                "task": "sentiment",
+                "priority": "bulk",
+                "inputs": [f"{NEGATIVE} {i}" for i in range(128)],
+            },
+        )
         cancelled = client.delete(target.headers["location"])
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled"
@@ -94,8 +111,9 @@ def test_cancelled_job_stays_cancelled_and_its_queued_inputs_never_run(
 
 def test_another_tenant_cannot_see_or_cancel_a_job(deployment: Deployment) -> None:
     with deployment.client() as alice:
-        location = alice.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE]}
-                              ).headers["location"]
+        location = alice.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE]}).headers[
+            "location"
+        ]
     with deployment.client(deployment.other_key) as bob:
         assert bob.get(location).status_code == 404
         assert bob.delete(location).status_code == 404
@@ -115,8 +133,12 @@ def test_requests_without_a_valid_key_are_401(deployment: Deployment) -> None:
 
 def test_job_list_pages_with_a_cursor(deployment: Deployment) -> None:
     with deployment.client() as client:
-        ids = [client.post("/v1/jobs", json={"task": "sentiment", "inputs": [f"text {i}"]}
-                           ).json()["id"] for i in range(3)]
+        ids = [
+            client.post("/v1/jobs", json={"task": "sentiment", "inputs": [f"text {i}"]}).json()[
+                "id"
+            ]
+            for i in range(3)
+        ]
         seen: list[str] = []
         cursor = None
         while True:
@@ -145,13 +167,17 @@ def test_readiness_checks_database_and_broker(deployment: Deployment) -> None:
 def test_request_id_follows_the_job_into_the_worker(deployment: Deployment) -> None:
     request_id = uuid.uuid4().hex
     with deployment.client() as client:
-        created = client.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE]},
-                              headers={"X-Request-ID": request_id})
+        created = client.post(
+            "/v1/jobs",
+            json={"task": "sentiment", "inputs": [POSITIVE]},
+            headers={"X-Request-ID": request_id},
+        )
         client.get(created.headers["location"], params={"wait": 30})
 
     assert created.headers["x-request-id"] == request_id
-    worker_lines = [line for line in deployment.stack.log("worker").splitlines()
-                    if request_id in line]
+    worker_lines = [
+        line for line in deployment.stack.log("worker").splitlines() if request_id in line
+    ]
     assert any('"batch_done"' in line for line in worker_lines), worker_lines
 
 
@@ -167,5 +193,22 @@ def test_the_api_process_never_loads_torch(deployment: Deployment) -> None:
     assert "libtorch" not in loaded
     assert "site-packages/torch" not in loaded
     # The check can see torch where it is loaded: the worker's pool child maps libtorch.
-    children = open(f"/proc/{worker_pid}/task/{worker_pid}/children").read().split()
-    assert any("libtorch" in open(f"/proc/{child}/maps").read() for child in children)
+    children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    assert any("libtorch" in Path(f"/proc/{child}/maps").read_text() for child in children)
+
+
+def test_worker_exports_prometheus_metrics_of_its_pool(deployment: Deployment) -> None:
+    with deployment.client() as client:
+        created = client.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE]})
+        client.get(created.headers["location"], params={"wait": 30})
+    port = deployment.stack.env["INFERQ_METRICS_PORT"]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+    finished = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("inferq_items_finished_total{")
+        and 'task="sentiment"' in line
+        and 'tier="primary"' in line
+    ]
+    assert finished and float(finished[0].rsplit(" ", 1)[1]) >= 1

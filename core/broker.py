@@ -44,6 +44,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # message per process keeps the model busy without hoarding work a free worker could take.
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
+        # Our logs are already JSON lines on stderr; redirecting would wrap each in another.
+        "worker_redirect_stdouts": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "beat_schedule": {

@@ -234,49 +234,53 @@ def models_list() -> None:
     for spec in TASKS.values():
         for tier in spec.chain:
             table.add_row(spec.name, tier.tier, tier.adapter, spec.description)
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 @models_app.command("train")
 def models_train(
-    task: Annotated[str, typer.Argument(help="Task whose model to train.")] = "sentiment",
-    out_dir: Annotated[Path | None, typer.Option(help="Where to write the artefact.")] = None,
+    task: Annotated[str, typer.Argument(help="Task whose models to train.")] = "sentiment",
+    out_dir: Annotated[Path | None, typer.Option(help="Write artefacts here, not in place.")] = None,
 ) -> None:
-    """Train a task's model from the data shipped in data/ (reproducible: fixed seed)."""
-    from core.inference import training
+    """Train a task's learned tiers from the data in data/ (seeded, so reproducible)."""
+    from core.inference import light, training, transformer
+    from core.inference.evaluation import DEFAULT_SST2_DIR
 
     _setup(quiet_logs=True)
     if task != "sentiment":
-        raise typer.BadParameter(f"only 'sentiment' has a trainable model, not {task!r}")
-    target = out_dir or training.DEFAULT_ARTEFACT_DIR
-    path = training.train_sentiment(training.DEFAULT_DATA_DIR, target, progress=console.print)
-    console.print(f"artefact written to {path}")
+        raise typer.BadParameter(f"only 'sentiment' has trainable models, not {task!r}")
+    light_dir = out_dir / "sentiment-light" if out_dir else light.DEFAULT_LIGHT_ARTEFACT_DIR
+    path = light.train_light_sentiment(DEFAULT_SST2_DIR, light_dir)
+    console.print(f"fallback (TF-IDF + logistic regression) written to {path}")
+    primary_dir = out_dir / "sentiment" if out_dir else transformer.SENTIMENT_ARTEFACT_DIR
+    path = training.train_sentiment(DEFAULT_SST2_DIR, primary_dir, progress=console.print)
+    console.print(f"primary (MiniLM + LoRA) written to {path}")
 
 
 @models_app.command("evaluate")
 def models_evaluate(
     task: Annotated[str, typer.Argument(help="Task to evaluate.")] = "sentiment",
 ) -> None:
-    """Print SST-2 test accuracy of the sentiment model."""
-    from core.inference import training
-    from core.inference.transformer import SentimentTransformer
+    """Print SST-2 test accuracy of every tier of the sentiment chain."""
+    import importlib
+
+    from core.inference.evaluation import DEFAULT_SST2_DIR, evaluate_adapter
+    from core.inference.registry import get_task
 
     settings = _setup(quiet_logs=True)
     if task != "sentiment":
         raise typer.BadParameter(f"only 'sentiment' has an evaluation set, not {task!r}")
-    model = SentimentTransformer.load(device=settings.device)
-    report = training.evaluate_sentiment(model, training.DEFAULT_DATA_DIR)
-    table = Table("task", "tier", "model", "version", "accuracy", "n", "seconds")
-    table.add_row(
-        task,
-        "primary",
-        model.name,
-        model.version,
-        f"{report['accuracy']:.4f}",
-        str(report["n"]),
-        f"{report['seconds']:.1f}",
-    )
-    Console().print(table)
+    table = Table("task", "tier", "model", "version", "accuracy", "n", "texts/s")
+    for tier in get_task(task).chain:
+        module_name, class_name = tier.adapter.split(":")
+        adapter = getattr(importlib.import_module(module_name), class_name).load(
+            device=settings.device
+        )
+        report = evaluate_adapter(adapter, DEFAULT_SST2_DIR)
+        table.add_row(task, tier.tier, adapter.name, adapter.version,
+                      f"{report['accuracy']:.4f}", str(report["n"]),
+                      f"{report['texts_per_second']:,.0f}")
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":

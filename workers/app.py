@@ -37,7 +37,8 @@ def warm_up() -> None:
 @worker_process_init.connect  # type: ignore[untyped-decorator]
 def _init_child(**_: Any) -> None:
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    if not settings.embedded:  # embedded: the host command already chose its logging
+        configure_logging(settings.log_level, settings.log_format)
     runtime.reset()
     warm_up()
 

@@ -1,8 +1,8 @@
 """The one text normalisation shared by training, evaluation and serving.
 
 Every path that turns text into model input goes through ``normalise`` and truncates at
-``MAX_TOKENS``; ``PREPROCESS_VERSION`` is folded into each model's version (and so into the result
-cache key), so bump it whenever the output of ``normalise`` or the meaning of ``MAX_TOKENS`` changes.
+``MAX_TOKENS``; ``PREPROCESS_VERSION`` is folded into each model's version (and so into the
+result cache key), so bump it whenever ``normalise`` or the meaning of ``MAX_TOKENS`` changes.
 
 Case is kept on purpose: the MiniLM tokenizer lower-cases by itself, and other tiers (rules such as
 VADER) read capitals as emphasis, so folding case here would throw information away for them.
@@ -15,9 +15,9 @@ import unicodedata
 
 PREPROCESS_VERSION = "1"
 
-# Word pieces per text, [CLS] and [SEP] included. 256 is the base model's own sentence-transformers
-# limit, so `embed` matches the reference embeddings; SST-2 texts never come near it, and batches are
-# padded only to their longest member, so short texts pay nothing for the headroom.
+# Word pieces per text, [CLS] and [SEP] included. 256 is the base model's own
+# sentence-transformers limit, so `embed` matches the reference embeddings; SST-2 texts never come
+# near it, and batches are padded only to their longest member, so short texts pay nothing for it.
 MAX_TOKENS = 256
 
 _WHITESPACE = re.compile(r"\s+")

@@ -31,7 +31,11 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec(
             name="sentiment",
             description="Binary sentiment (negative/positive) of English text.",
-            chain=(TierSpec("primary", "core.inference.transformer:SentimentTransformer"),),
+            chain=(
+                TierSpec("primary", "core.inference.transformer:SentimentTransformer"),
+                TierSpec("fallback", "core.inference.light:TfidfSentiment"),
+                TierSpec("rules", "core.inference.rules:VaderSentiment"),
+            ),
         ),
         TaskSpec(
             name="embed",

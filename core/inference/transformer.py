@@ -46,7 +46,7 @@ def base_model_dir() -> Path:
 
 
 def file_digest(paths: Iterable[Path], *extra: str) -> str:
-    """sha256 over each file's name, size and bytes, then `extra`; names and sizes keep it unambiguous."""
+    """sha256 over each file's name, size and bytes, then `extra`: names and sizes keep it exact."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
@@ -85,7 +85,7 @@ def load_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def tokenise(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
-    """The one tokenisation path (training, evaluation, serving): normalise, word pieces, truncate."""
+    """The one tokenisation path (training, evaluation, serving): normalise, tokenise, truncate."""
     encoded = tokenizer([normalise(text) for text in texts], truncation=True, max_length=MAX_TOKENS)
     return [list(ids) for ids in encoded["input_ids"]]
 
@@ -106,13 +106,17 @@ def pad_batch(
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Average of the real (unpadded) token vectors: the pooling all-MiniLM-L6-v2 was trained with."""
+    """Mean of the real (unpadded) token vectors: the pooling all-MiniLM-L6-v2 was trained with."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
 def load_encoder() -> torch.nn.Module:
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
+
+    # A progress bar per load is noise in worker logs and over the CLI's own progress bar.
+    transformers_logging.disable_progress_bar()
 
     # The pooler is kept (the checkpoint has it, so loading reports nothing unexpected) but unused.
     encoder: torch.nn.Module = AutoModel.from_pretrained(str(base_model_dir()))
@@ -196,6 +200,8 @@ class _BatchedTransformer:
         """One output row per text, in input order."""
         import torch
 
+        if not texts:  # the tokenizer cannot take an empty batch
+            return []
         sequences = tokenise(self._tokenizer, texts)
         # Sorting by length keeps similar lengths together, so each batch pads very little.
         order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))

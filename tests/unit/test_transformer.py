@@ -1,0 +1,131 @@
+"""The shipped sentiment artefact and the embedder, loaded for real from the pip-installed base."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.inference.preprocess import normalise
+from core.inference.transformer import (
+    ARTEFACT_FILES,
+    MODEL_CARD,
+    SENTIMENT_ARTEFACT_DIR,
+    SentenceEmbedder,
+    SentimentTransformer,
+    artefact_version,
+)
+
+# The adapters need the `model` extra; an API-only install skips rather than fails.
+pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+MIXED_LENGTHS = [
+    "Terrible.",
+    "A warm, funny and beautifully acted film that I would happily watch again with friends.",
+    "",
+    "Dull, lifeless and far too long; I walked out before the end.",
+    "Great!",
+]
+
+
+@pytest.fixture(scope="module")
+def sentiment() -> Iterator[SentimentTransformer]:
+    yield SentimentTransformer.load(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[SentenceEmbedder]:
+    yield SentenceEmbedder.load(device="cpu")
+
+
+def test_obvious_sentiments_get_the_obvious_label(sentiment: SentimentTransformer) -> None:
+    positive, negative = sentiment.predict(
+        ["An absolute delight: moving, funny and brilliantly acted.", "A boring, painful mess."]
+    )
+    assert positive.label == "positive"
+    assert negative.label == "negative"
+    assert positive.scores is not None
+    assert positive.score == positive.scores["positive"] > 0.5
+    assert math.isclose(sum(positive.scores.values()), 1.0, rel_tol=1e-5)
+
+
+def test_one_prediction_per_input_in_input_order(sentiment: SentimentTransformer) -> None:
+    sentiment.batch_size = 2  # several length-sorted batches, so the reordering is exercised
+    try:
+        together = sentiment.predict(MIXED_LENGTHS)
+    finally:
+        sentiment.batch_size = 64
+    alone = [sentiment.predict([text])[0] for text in MIXED_LENGTHS]
+    assert len(together) == len(MIXED_LENGTHS)
+    for batched, single in zip(together, alone, strict=True):
+        assert batched.label == single.label
+        assert batched.score == pytest.approx(single.score, abs=1e-4)
+
+
+def test_empty_input_gives_no_predictions(sentiment: SentimentTransformer) -> None:
+    assert sentiment.predict([]) == []
+
+
+def test_predict_normalises_whitespace_itself(sentiment: SentimentTransformer) -> None:
+    messy, clean = sentiment.predict(["  a  moving\n\tfilm ", "a moving film"])
+    assert messy.score == pytest.approx(clean.score, abs=1e-6)
+
+
+def test_embeddings_are_384_dimensional_unit_vectors(embedder: SentenceEmbedder) -> None:
+    predictions = embedder.predict(MIXED_LENGTHS)
+    assert len(predictions) == len(MIXED_LENGTHS)
+    for prediction in predictions:
+        assert prediction.embedding is not None
+        assert len(prediction.embedding) == 384
+        assert math.sqrt(sum(x * x for x in prediction.embedding)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_similar_sentences_embed_closer_than_unrelated_ones(embedder: SentenceEmbedder) -> None:
+    cat, kitten, tax = (
+        p.embedding
+        for p in embedder.predict(
+            [
+                "A cat sits on the mat.",
+                "A kitten rests on a rug.",
+                "Quarterly tax filing deadlines.",
+            ]
+        )
+    )
+    assert cat is not None and kitten is not None and tax is not None
+    assert sum(a * b for a, b in zip(cat, kitten, strict=True)) > sum(
+        a * b for a, b in zip(cat, tax, strict=True)
+    )
+
+
+def test_version_follows_the_artefact_bytes_not_its_location(tmp_path: Path) -> None:
+    shipped = artefact_version(SENTIMENT_ARTEFACT_DIR)
+    copy = tmp_path / "sentiment"
+    copy.mkdir()
+    for name in ARTEFACT_FILES:
+        shutil.copy2(SENTIMENT_ARTEFACT_DIR / name, copy / name)
+    assert artefact_version(copy) == shipped
+    with (copy / MODEL_CARD).open("a", encoding="utf-8") as card:
+        card.write("\n")
+    assert len(artefact_version(copy)) == 12
+    assert artefact_version(copy) != shipped
+
+
+def test_loaded_model_reports_the_artefact_version(sentiment: SentimentTransformer) -> None:
+    assert sentiment.name == "minilm-l6-sst2"
+    assert sentiment.version == artefact_version(SENTIMENT_ARTEFACT_DIR)
+
+
+def test_normalise_composes_unicode_and_collapses_whitespace() -> None:
+    assert normalise("  Cafe\u0301\u00a0 is\n\tgreat  ") == "Caf\u00e9 is great"
+
+
+def test_importing_the_adapters_does_not_import_torch() -> None:
+    code = "import sys, core.inference.transformer; assert 'torch' not in sys.modules"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
@@ -11,10 +12,11 @@ from fastapi import FastAPI
 
 from api import errors
 from api.middleware import BodySizeLimit
-from api.routes import health, jobs
+from api.routes import health, jobs, models
 from core.broker import get_celery
 from core.config import Settings, get_settings
 from core.db.session import Database
+from core.inference.circuit import CircuitPolicy, Circuits
 from core.telemetry.logging import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -29,6 +31,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
         app.state.celery = get_celery()
+        app.state.circuits = Circuits(
+            CircuitPolicy.from_settings(settings), settings.resolved_cache_url
+        )
         log.info(
             "api_started", embedded=settings.embedded, keys_required=settings.api_keys_required
         )
@@ -43,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(models.router)
     app.include_router(health.router)
 
     app.add_middleware(CorrelationIdMiddleware, validator=None)
@@ -50,7 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _request_id(_logger: object, _method: str, event: dict[str, object]) -> dict[str, object]:
+def _request_id(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """structlog processor: stamp every log line of a request with its X-Request-ID."""
     request_id = correlation_id.get()
     if request_id:

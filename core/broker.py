@@ -40,9 +40,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # With late acks, a broken connection would otherwise let the same batch run twice at once.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Each message already carries a chunk of up to `chunk_size` inputs, so one reserved
-        # message per process keeps the model busy without hoarding work a free worker could take.
-        "worker_prefetch_multiplier": 1,
+        # Micro-batches form from reserved messages: a process must be allowed to hold enough
+        # unacked messages to fill one batch even when each carries a single input (interactive
+        # jobs). More would hoard work that another worker could take, so it is one batch's
+        # worth — held for at most max_wait_ms plus the batch in flight.
+        "worker_prefetch_multiplier": max(p.max_items for p in settings.batching.values()),
         "worker_hijack_root_logger": False,
         # Our logs are already JSON lines on stderr; redirecting would wrap each in another.
         "worker_redirect_stdouts": False,
@@ -75,11 +77,15 @@ def get_celery() -> Celery:
 
 
 def send_run_items(
-    app: Celery, job_id: str, item_ids: list[int], queue: str, request_id: str | None
+    app: Celery,
+    job_id: str,
+    item_ids: list[int],
+    *,
+    queue: str,
+    request_id: str | None,
+    task: str | None = None,
+    tokens: int | None = None,
 ) -> None:
-    app.send_task(
-        RUN_ITEMS,
-        args=[job_id, item_ids],
-        kwargs={"request_id": request_id},
-        queue=queue,
-    )
+    # The sizes ride along so the worker can flush a micro-batch on items or tokens unopened.
+    kwargs = {"request_id": request_id, "task": task, "n_items": len(item_ids), "tokens": tokens}
+    app.send_task(RUN_ITEMS, args=[job_id, item_ids], kwargs=kwargs, queue=queue)

@@ -240,7 +240,9 @@ def models_list() -> None:
 @models_app.command("train")
 def models_train(
     task: Annotated[str, typer.Argument(help="Task whose models to train.")] = "sentiment",
-    out_dir: Annotated[Path | None, typer.Option(help="Write artefacts here, not in place.")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Write artefacts here, not in place.")
+    ] = None,
 ) -> None:
     """Train a task's learned tiers from the data in data/ (seeded, so reproducible)."""
     from core.inference import light, training, transformer
@@ -277,9 +279,15 @@ def models_evaluate(
             device=settings.device
         )
         report = evaluate_adapter(adapter, DEFAULT_SST2_DIR)
-        table.add_row(task, tier.tier, adapter.name, adapter.version,
-                      f"{report['accuracy']:.4f}", str(report["n"]),
-                      f"{report['texts_per_second']:,.0f}")
+        table.add_row(
+            task,
+            tier.tier,
+            adapter.name,
+            adapter.version,
+            f"{report['accuracy']:.4f}",
+            str(report["n"]),
+            f"{report['texts_per_second']:,.0f}",
+        )
     Console(width=140).print(table)
 
 

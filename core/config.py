@@ -11,8 +11,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchPolicy(BaseModel):
+    """How a worker forms one micro-batch for a task: flush at whichever limit comes first."""
+
+    max_items: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=25.0, ge=0)
+    # Sum of padded lengths (tokens) of one forward pass: longest input x batch size.
+    token_budget: int = Field(default=8192, ge=16)
+    # A tier that has not finished a batch by then hands what is left to the next tier.
+    deadline_seconds: float = Field(default=30.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -44,6 +55,17 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     worker_concurrency: int = Field(default=1, ge=1)
 
+    # Per task, e.g. INFERQ_BATCHING='{"sentiment": {"max_items": 64, "token_budget": 8192}}';
+    # "default" applies to tasks without an entry of their own.
+    batching: dict[str, BatchPolicy] = Field(default_factory=lambda: {"default": BatchPolicy()})
+
+    circuit_failure_threshold: int = Field(default=5, ge=1)
+    circuit_recovery_seconds: float = Field(default=30.0, gt=0)
+    # Operators force tiers open: "sentiment:primary,sentiment:fallback".
+    circuit_force_open: str = ""
+
+    cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+
     device: str = "auto"
     torch_threads: int | None = None
     log_level: str = "INFO"
@@ -59,6 +81,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'inferq.db').resolve()}"
+
+    @property
+    def resolved_cache_url(self) -> str | None:
+        """Redis for the L1 result cache and shared circuit state: the broker's unless set."""
+        if self.cache_url:
+            return self.cache_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
+
+    def batch_policy(self, task: str) -> BatchPolicy:
+        return self.batching.get(task) or self.batching.get("default") or BatchPolicy()
 
     @property
     def api_keys_required(self) -> bool:

@@ -6,7 +6,10 @@ from functools import lru_cache
 
 from core.config import Settings, get_settings
 from core.db.session import Database
+from core.inference.cache import RedisCache
+from core.inference.circuit import CircuitPolicy, Circuits
 from core.inference.engine import InferenceEngine
+from core.jobs.execute import Worker
 
 
 def settings() -> Settings:
@@ -20,12 +23,21 @@ def database() -> Database:
 
 @lru_cache(maxsize=1)
 def engine() -> InferenceEngine:
-    return InferenceEngine(device=settings().device)
+    current = settings()
+    circuits = Circuits(CircuitPolicy.from_settings(current), current.resolved_cache_url)
+    return InferenceEngine(current.device, circuits=circuits, policies=current.batching)
+
+
+@lru_cache(maxsize=1)
+def worker() -> Worker:
+    current = settings()
+    cache = RedisCache.from_settings(current.resolved_cache_url, current.cache_ttl_seconds)
+    return Worker(database(), engine(), current, cache)
 
 
 def reset() -> None:
     """Forget resources inherited from a parent process (called in each forked child)."""
     if database.cache_info().currsize:
         database().engine.dispose(close=False)
-    database.cache_clear()
-    engine.cache_clear()
+    for cached in (database, engine, worker):
+        cached.cache_clear()

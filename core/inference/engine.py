@@ -1,4 +1,6 @@
-"""Runs a task's fallback chain over a list of texts, loading each tier on first use.
+"""Runs a task's fallback chain over a batch of texts: length-bucketed sub-batches under a token
+budget, poison inputs isolated by splitting, and a tier skipped on an exception, a per-batch
+deadline or an open circuit — each skip counted with its reason.
 
 One engine per worker process. Models are loaded lazily (or by ``warm_up`` in the worker's
 process-init hook), never at import and never in a parent process that later forks.
@@ -6,16 +8,20 @@ process-init hook), never at import and never in a parent process that later for
 
 from __future__ import annotations
 
-import importlib
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import pybreaker
 import structlog
 
-from core.inference.registry import TierSpec, get_task
+from core.config import BatchPolicy
+from core.inference.circuit import Circuits
+from core.inference.registry import TierSpec, adapter_class, get_task
 from core.inference.types import Prediction
+from core.telemetry.metrics import FALLBACKS
 
 log = structlog.get_logger(__name__)
 
@@ -37,46 +43,195 @@ class Output:
     cached: bool = False
 
 
-class ChainExhausted(RuntimeError):
-    """Every tier of a task's chain failed for this batch."""
+@dataclass(frozen=True)
+class Failure:
+    """An input every tier failed on; the reason says what each tier did."""
+
+    reason: str
+
+
+Outcome = Output | Failure
+
+
+class TierFailed(Exception):
+    """A tier produced nothing for the inputs it was given (counted by the circuit breaker)."""
+
+
+@dataclass
+class _Attempt:
+    """What one tier did with the inputs it was given."""
+
+    done: dict[int, Prediction] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)  # left for the next tier (deadline)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError, checked by name so this module never imports torch.
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 class InferenceEngine:
-    def __init__(self, device: str = "auto") -> None:
+    def __init__(
+        self,
+        device: str = "auto",
+        *,
+        circuits: Circuits | None = None,
+        policies: dict[str, BatchPolicy] | None = None,
+    ) -> None:
         self.device = device
+        self.circuits = circuits
+        self.policies = policies or {}
         self._models: dict[tuple[str, str], ModelAdapter] = {}
         self._lock = threading.Lock()
+
+    def policy(self, task: str) -> BatchPolicy:
+        return self.policies.get(task) or self.policies.get("default") or BatchPolicy()
 
     def model(self, task: str, tier: TierSpec) -> ModelAdapter:
         key = (task, tier.tier)
         with self._lock:
             if key not in self._models:
-                module_name, class_name = tier.adapter.split(":")
-                adapter_cls = getattr(importlib.import_module(module_name), class_name)
-                self._models[key] = adapter_cls.load(device=self.device)
+                self._models[key] = adapter_class(tier).load(device=self.device)
                 log.info("model_loaded", task=task, tier=tier.tier, device=self.device)
             return self._models[key]
 
+    def primary(self, task: str) -> ModelAdapter:
+        return self.model(task, get_task(task).chain[0])
+
     def warm_up(self, tasks: Sequence[str]) -> None:
         for task in tasks:
-            primary = get_task(task).chain[0]
-            self.model(task, primary).predict(["warm up"])
+            for tier in get_task(task).chain:
+                self.model(task, tier).predict(["warm up"])
 
-    def run(self, task: str, texts: Sequence[str]) -> list[Output]:
-        errors: list[str] = []
+    def run(self, task: str, texts: Sequence[str]) -> list[Outcome]:
+        """Exactly one outcome per text, in order."""
+        outcomes: dict[int, Outcome] = {}
+        pending = list(range(len(texts)))
+        reasons: dict[int, list[str]] = {i: [] for i in pending}
         for position, tier in enumerate(get_task(task).chain):
-            try:
-                adapter = self.model(task, tier)
-                predictions = adapter.predict(texts)
-            except Exception as exc:  # any tier failure moves down the chain, with the reason
-                log.warning("tier_failed", task=task, tier=tier.tier, error=repr(exc))
-                errors.append(f"{tier.tier}: {exc!r}")
+            if not pending:
+                break
+            if self.circuits is not None and self.circuits.forced_open(task, tier.tier):
+                self._fell_back(task, tier.tier, "forced_open", pending, reasons)
                 continue
-            if len(predictions) != len(texts):
-                count = f"{len(predictions)} results for {len(texts)} inputs"
-                raise ChainExhausted(f"{task}/{tier.tier} returned {count}")
-            return [
-                Output(p, adapter.name, adapter.version, tier.tier, degraded=position > 0)
-                for p in predictions
-            ]
-        raise ChainExhausted(f"every tier of {task} failed: {'; '.join(errors)}")
+            attempt = self._attempt(task, tier, texts, pending)
+            if attempt is None:
+                self._fell_back(task, tier.tier, "circuit_open", pending, reasons)
+                continue
+            adapter = self.model(task, tier)
+            for index, prediction in attempt.done.items():
+                outcomes[index] = Output(
+                    prediction, adapter.name, adapter.version, tier.tier, degraded=position > 0
+                )
+            for index, error in attempt.failed.items():
+                reasons[index].append(f"{tier.tier}: {error}")
+            self._fell_back(task, tier.tier, "exception", list(attempt.failed), reasons, note=False)
+            self._fell_back(task, tier.tier, "deadline", attempt.skipped, reasons)
+            pending = sorted([*attempt.failed, *attempt.skipped])
+        for index in pending:
+            outcomes[index] = Failure("; ".join(reasons[index]) or "no tier could run")
+        assert len(outcomes) == len(texts), "one outcome per input"
+        return [outcomes[i] for i in range(len(texts))]
+
+    def _fell_back(
+        self,
+        task: str,
+        tier: str,
+        reason: str,
+        indices: Sequence[int],
+        reasons: dict[int, list[str]],
+        *,
+        note: bool = True,
+    ) -> None:
+        if not indices:
+            return
+        FALLBACKS.labels(task, tier, reason).inc(len(indices))
+        if note:
+            for index in indices:
+                reasons[index].append(f"{tier}: {reason.replace('_', ' ')}")
+        log.warning("tier_skipped", task=task, tier=tier, reason=reason, inputs=len(indices))
+
+    def _attempt(
+        self, task: str, tier: TierSpec, texts: Sequence[str], indices: list[int]
+    ) -> _Attempt | None:
+        """Run one tier through its circuit breaker, or None when the circuit is open. The breaker
+        counts a failure only when the tier produced nothing (one poison input does not trip it)."""
+        attempt = _Attempt()
+        policy = self.policy(task)
+        deadline = time.monotonic() + policy.deadline_seconds
+        ran = False
+
+        def run_tier() -> None:
+            nonlocal ran
+            ran = True
+            adapter = self.model(task, tier)
+            for batch in self._batches(adapter, texts, indices, policy):
+                if time.monotonic() > deadline:
+                    attempt.skipped.extend(batch)
+                    continue
+                self._run_split(adapter, texts, batch, attempt)
+            if not attempt.done and (attempt.failed or attempt.skipped):
+                raise TierFailed(f"{tier.tier} produced no result for {len(indices)} inputs")
+
+        try:
+            if self.circuits is None:
+                run_tier()
+            else:
+                self.circuits.breaker(task, tier.tier).call(run_tier)
+        except pybreaker.CircuitBreakerError:
+            if not ran:
+                return None
+        except TierFailed:
+            pass
+        except Exception as exc:  # the tier could not even load: every input moves on
+            for index in indices:
+                if index not in attempt.done:
+                    attempt.failed.setdefault(index, repr(exc))
+        return attempt
+
+    def _batches(
+        self, adapter: ModelAdapter, texts: Sequence[str], indices: list[int], policy: BatchPolicy
+    ) -> list[list[int]]:
+        """Length-sorted sub-batches whose padded size (longest x count) fits the budget."""
+        lengths = _token_lengths(adapter, [texts[i] for i in indices])
+        order = sorted(range(len(indices)), key=lengths.__getitem__)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for position in order:
+            padded = lengths[position] * (len(current) + 1)  # sorted: this one is the longest
+            if current and (len(current) >= policy.max_items or padded > policy.token_budget):
+                batches.append(current)
+                current = []
+            current.append(indices[position])
+        if current:
+            batches.append(current)
+        return batches
+
+    def _run_split(
+        self, adapter: ModelAdapter, texts: Sequence[str], batch: list[int], attempt: _Attempt
+    ) -> None:
+        """Predict a batch; on an error split it in halves until the failing input is alone."""
+        try:
+            predictions = adapter.predict([texts[i] for i in batch])
+            if len(predictions) != len(batch):
+                raise RuntimeError(f"{len(predictions)} results for {len(batch)} inputs")
+        except Exception as exc:  # isolate the input that fails; its neighbours still succeed
+            if len(batch) == 1:
+                attempt.failed[batch[0]] = repr(exc)
+                return
+            if is_out_of_memory(exc):
+                log.warning("out_of_memory_halving", batch=len(batch))
+            middle = len(batch) // 2
+            self._run_split(adapter, texts, batch[:middle], attempt)
+            self._run_split(adapter, texts, batch[middle:], attempt)
+            return
+        attempt.done.update(zip(batch, predictions, strict=True))
+
+
+def _token_lengths(adapter: ModelAdapter, texts: list[str]) -> list[int]:
+    counter = getattr(adapter, "count_tokens", None)
+    if callable(counter):
+        return [int(n) for n in counter(texts)]
+    # Tiers without a tokenizer: about four characters a token, plus [CLS] and [SEP].
+    return [len(text) // 4 + 2 for text in texts]

@@ -172,6 +172,10 @@ class TfidfSentiment:
         dot = float(weights @ self._coef[columns])
         return dot / float(np.linalg.norm(weights)) + self._intercept
 
+    @classmethod
+    def current_version(cls) -> str:
+        return light_artefact_version(DEFAULT_LIGHT_ARTEFACT_DIR)
+
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [sentiment_prediction(_sigmoid(self.decision(text))) for text in texts]
 

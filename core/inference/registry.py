@@ -6,8 +6,10 @@ torch. Tiers name their adapter as "module:Class" and are imported only when a w
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
 Tier = Literal["primary", "fallback", "rules"]
 
@@ -52,3 +54,18 @@ def task_names() -> frozenset[str]:
 
 def get_task(name: str) -> TaskSpec:
     return TASKS[name]
+
+
+def adapter_class(tier: TierSpec) -> Any:
+    """The adapter class of a tier. Adapter modules import torch only inside load()."""
+    module_name, class_name = tier.adapter.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+@cache
+def tier_version(task: str, tier: str) -> str | None:
+    """A tier's model version from its files alone: what the cache keys on, known to the API
+    without loading the model. None for an adapter that cannot tell without loading."""
+    spec = next(t for t in get_task(task).chain if t.tier == tier)
+    current_version = getattr(adapter_class(spec), "current_version", None)
+    return str(current_version()) if current_version is not None else None

@@ -61,6 +61,10 @@ class VaderSentiment:
         scores = self._analyzer.polarity_scores(" ".join(words))
         return float(scores["compound"])
 
+    @classmethod
+    def current_version(cls) -> str:
+        return vader_version()
+
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [sentiment_prediction((self.compound(text) + 1.0) / 2.0) for text in texts]
 

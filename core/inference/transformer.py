@@ -116,7 +116,7 @@ def load_encoder() -> torch.nn.Module:
     from transformers.utils import logging as transformers_logging
 
     # A progress bar per load is noise in worker logs and over the CLI's own progress bar.
-    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
     # The pooler is kept (the checkpoint has it, so loading reports nothing unexpected) but unused.
     encoder: torch.nn.Module = AutoModel.from_pretrained(str(base_model_dir()))
@@ -221,6 +221,11 @@ class SentimentTransformer(_BatchedTransformer):
     """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (LoRA, merged at load)."""
 
     @classmethod
+    def current_version(cls) -> str:
+        """The version load() would report, computed from files alone (no torch)."""
+        return artefact_version(SENTIMENT_ARTEFACT_DIR)
+
+    @classmethod
     def load(cls, artefact_dir: Path | None = None, device: str = "cpu") -> SentimentTransformer:
         directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
         card = read_model_card(directory)
@@ -246,6 +251,11 @@ class SentimentTransformer(_BatchedTransformer):
 
 class SentenceEmbedder(_BatchedTransformer):
     """`embed` primary tier: 384-d mean-pooled, L2-normalised all-MiniLM-L6-v2 embeddings."""
+
+    @classmethod
+    def current_version(cls) -> str:
+        """The version load() would report, computed from files alone (no torch)."""
+        return _embedder_version()
 
     @classmethod
     def load(cls, device: str = "cpu") -> SentenceEmbedder:

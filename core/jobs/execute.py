@@ -1,95 +1,195 @@
-"""One delivery of a run-items message: claim, infer, record — three short steps.
+"""One micro-batch of run-items messages: claim, serve from cache, infer, record.
 
-No transaction stays open while the model runs. A failed attempt releases the items with the
-reason and dispatches them again through the outbox until the attempt cap fails them.
+No transaction stays open while the model runs. Interactive work in the batch runs before bulk
+work. Each input gets exactly one outcome: a result (upserted once), or a failure that releases
+it with the reason and dispatches it again through the outbox until the attempt cap fails it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.db.session import Database
-from core.inference.engine import InferenceEngine
+from core.db.session import Database, after_commit
+from core.inference.cache import CachedResult, RedisCache, lookup
+from core.inference.engine import Failure, InferenceEngine, Outcome, Output
 from core.jobs import outbox
-from core.jobs.lifecycle import ClaimedItem, claim_items, record_results, release_items
-from core.telemetry.metrics import BATCH_SECONDS, ITEMS_FINISHED
+from core.jobs.lifecycle import Claim, ClaimedItem, claim_items, record_results, release_items
+from core.telemetry.metrics import BATCH_ITEMS, BATCH_SECONDS, ITEMS_FINISHED
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One broker message: a chunk of one job's items."""
+
+    job_id: uuid.UUID
+    item_ids: list[int]
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Worker:
+    """What a worker process brings to a batch."""
+
+    database: Database
+    engine: InferenceEngine
+    settings: Settings
+    cache: RedisCache | None = None
 
 
 @dataclass(frozen=True)
 class RunReport:
     claimed: int
     written: int
+    cached: int
     retried: int
 
 
-def run_items(
-    db: Database,
-    engine: InferenceEngine,
-    settings: Settings,
-    job_id: uuid.UUID,
-    item_ids: Sequence[int],
-) -> RunReport:
-    with db.transaction() as session:
-        claim = claim_items(
-            session,
-            job_id,
-            item_ids,
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
-    if claim is None or not claim.items:
-        log.info("nothing_to_claim", job_id=str(job_id), items=len(item_ids))
-        return RunReport(0, 0, 0)
+def run_items(worker: Worker, job_id: uuid.UUID, item_ids: Sequence[int]) -> RunReport:
+    return run_batch(worker, [Delivery(job_id, list(item_ids))])
+
+
+def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
+    claims = _claim(worker, deliveries)
+    if not claims:
+        return RunReport(0, 0, 0, 0)
     started = time.perf_counter()
-    try:
-        outputs = engine.run(claim.task, [item.text for item in claim.items])
-    except Exception as exc:  # every tier failed: release with the reason, retry up to the cap
-        return _release(db, settings, claim.job_id, claim.priority, claim.items, repr(exc))
-    BATCH_SECONDS.labels(claim.task).observe(time.perf_counter() - started)
-    with db.transaction() as session:
-        written = record_results(
-            session, claim.job_id, list(zip(claim.items, outputs, strict=True))
-        )
-    for output in outputs:
-        ITEMS_FINISHED.labels(claim.task, output.tier, "succeeded").inc()
+    outcomes: dict[int, Outcome] = {}
+    # Interactive claims first: within a batch they reach the model before bulk work.
+    for priority in ("interactive", "bulk"):
+        by_task: dict[str, list[ClaimedItem]] = defaultdict(list)
+        for claim in claims:
+            if claim.priority == priority:
+                by_task[claim.task].extend(claim.items)
+        for task, items in by_task.items():
+            outcomes.update(_resolve(worker, task, items))
+    report = _record(worker, claims, outcomes)
+    claimed = sum(len(claim.items) for claim in claims)
+    BATCH_ITEMS.observe(claimed)
     log.info(
         "batch_done",
-        job_id=str(job_id),
-        task=claim.task,
-        items=len(outputs),
-        written=written,
+        jobs=len(claims),
+        items=claimed,
+        written=report.written,
+        cached=report.cached,
+        retried=report.retried,
         seconds=round(time.perf_counter() - started, 4),
     )
-    return RunReport(len(claim.items), written, 0)
+    return report
 
 
-def _release(
-    db: Database,
-    settings: Settings,
-    job_id: uuid.UUID,
-    priority: str,
-    items: Sequence[ClaimedItem],
-    error: str,
-) -> RunReport:
-    ids = [item.id for item in items]
-    log.warning("batch_failed", job_id=str(job_id), items=len(ids), error=error)
-    with db.transaction() as session:
-        retry = release_items(session, job_id, ids, error, settings.max_attempts)
-        if retry:
-            outbox.add_run_items(
+def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:
+    settings = worker.settings
+    claims: list[Claim] = []
+    with worker.database.transaction() as session:
+        for delivery in deliveries:
+            claim = claim_items(
                 session,
-                str(job_id),
-                retry,
-                queue=priority,
-                chunk_size=settings.chunk_size,
-                request_id=None,
+                delivery.job_id,
+                delivery.item_ids,
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
             )
-    return RunReport(len(ids), 0, len(retry))
+            if claim is not None and claim.items:
+                claims.append(claim)
+    return claims
+
+
+def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> dict[int, Outcome]:
+    """Outcomes by item id: cache hits first (L1 Redis, then L3 stored results), then the
+    fallback chain for the rest."""
+    primary = worker.engine.primary(task)
+    hits = _cached(worker, task, primary.version, [item.input_hash for item in items])
+    outcomes: dict[int, Outcome] = {}
+    misses: list[ClaimedItem] = []
+    for item in items:
+        hit = hits.get(item.input_hash)
+        if hit is None:
+            misses.append(item)
+        else:
+            outcomes[item.id] = Output(
+                hit.prediction, hit.model, hit.version, "primary", degraded=False, cached=True
+            )
+    if misses:
+        started = time.perf_counter()
+        results = worker.engine.run(task, [item.text for item in misses])
+        BATCH_SECONDS.labels(task).observe(time.perf_counter() - started)
+        outcomes.update(zip((item.id for item in misses), results, strict=True))
+    return outcomes
+
+
+def _cached(worker: Worker, task: str, version: str, hashes: list[str]) -> dict[str, CachedResult]:
+    with worker.database.read() as session:
+        return lookup(session, worker.cache, task, version, hashes)
+
+
+def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -> RunReport:
+    settings = worker.settings
+    written = cached = retried = 0
+    fresh: dict[str, list[tuple[str, CachedResult]]] = defaultdict(list)
+    with worker.database.transaction() as session:
+        for claim in claims:
+            done = [(item, o) for item in claim.items if isinstance(o := outcomes[item.id], Output)]
+            failed = {
+                item.id: o.reason
+                for item in claim.items
+                if isinstance(o := outcomes[item.id], Failure)
+            }
+            written += record_results(session, claim.job_id, done)
+            cached += sum(1 for _, output in done if output.cached)
+            for item, output in done:
+                ITEMS_FINISHED.labels(claim.task, output.tier, "succeeded").inc()
+                if output.tier == "primary" and not output.cached:
+                    fresh[claim.task].append(
+                        (
+                            item.input_hash,
+                            CachedResult(output.model, output.version, output.prediction),
+                        )
+                    )
+            retried += _release(session, settings, claim, failed)
+        if worker.cache is not None and fresh:
+            after_commit(session, _fill_l1(worker.cache, fresh))
+    return RunReport(sum(len(c.items) for c in claims), written, cached, retried)
+
+
+def _fill_l1(
+    cache: RedisCache, fresh: dict[str, list[tuple[str, CachedResult]]]
+) -> Callable[[], None]:
+    def fill() -> None:
+        for task, entries in fresh.items():
+            cache.put_many(task, entries)
+
+    return fill
+
+
+def _release(session: Session, settings: Settings, claim: Claim, failed: dict[int, str]) -> int:
+    if not failed:
+        return 0
+    retry: list[int] = []
+    for reason in set(failed.values()):
+        ids = [item_id for item_id, r in failed.items() if r == reason]
+        retry += release_items(session, claim.job_id, ids, reason, settings.max_attempts)
+    for item_id in failed:
+        if item_id not in retry:
+            ITEMS_FINISHED.labels(claim.task, "none", "failed").inc()
+    if retry:
+        outbox.add_run_items(
+            session,
+            str(claim.job_id),
+            retry,
+            task=claim.task,
+            queue=claim.priority,
+            chunk_size=settings.chunk_size,
+            request_id=None,
+        )
+    log.warning("items_released", job_id=str(claim.job_id), failed=len(failed), retry=len(retry))
+    return len(retry)

@@ -21,6 +21,13 @@ from core.db.session import after_commit
 log = structlog.get_logger(__name__)
 
 RUN_ITEMS_KIND = "run_items"
+DEFAULT_TOKENS = 32  # token estimate of an item re-sent without its text at hand
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters a word piece, plus [CLS] and [SEP]; good enough to size a batch."""
+    return len(text) // 4 + 2
+
 
 Sender = Callable[[OutboxMessage], None]
 
@@ -30,21 +37,28 @@ def add_run_items(
     job_id: str,
     item_ids: Sequence[int],
     *,
+    task: str,
     queue: str,
     chunk_size: int,
     request_id: str | None,
+    tokens: Sequence[int] | None = None,
 ) -> list[int]:
+    """Outbox rows for a job's items, ``chunk_size`` ids a message. ``tokens`` (estimated per
+    item, same order) lets workers flush a micro-batch on its token budget."""
+    estimates = list(tokens) if tokens is not None else [DEFAULT_TOKENS] * len(item_ids)
     rows = [
         OutboxMessage(
             kind=RUN_ITEMS_KIND,
             payload={
                 "job_id": job_id,
-                "item_ids": list(chunk),
+                "item_ids": list(item_ids[start : start + chunk_size]),
+                "task": task,
+                "tokens": sum(estimates[start : start + chunk_size]),
                 "queue": queue,
                 "request_id": request_id,
             },
         )
-        for chunk in (item_ids[i : i + chunk_size] for i in range(0, len(item_ids), chunk_size))
+        for start in range(0, len(item_ids), chunk_size)
     ]
     session.add_all(rows)
     session.flush()
@@ -63,8 +77,10 @@ def send_to_celery(message: OutboxMessage) -> None:
         get_celery(),
         payload["job_id"],
         payload["item_ids"],
-        payload["queue"],
-        payload.get("request_id"),
+        queue=payload["queue"],
+        request_id=payload.get("request_id"),
+        task=payload.get("task"),
+        tokens=payload.get("tokens"),
     )
 
 

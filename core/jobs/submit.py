@@ -15,8 +15,12 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db.models import Job, JobItem, utcnow
 from core.errors import IdempotencyConflict, InvalidInput
+from core.inference.cache import RedisCache, lookup
+from core.inference.engine import Output
 from core.inference.preprocess import normalise
+from core.inference.registry import get_task, tier_version
 from core.jobs import outbox
+from core.jobs.lifecycle import ClaimedItem, record_results
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
 
 PRIORITIES = ("interactive", "bulk")
@@ -124,15 +128,44 @@ def _insert(
     ]
     session.add(job)
     session.flush()
+    waiting = _serve_from_cache(session, settings, job)
+    if not waiting:
+        return job
     outbox.add_run_items(
         session,
         str(job.id),
-        [item.id for item in job.items],
+        [item.id for item in waiting],
+        task=request.task,
+        tokens=[outbox.estimate_tokens(item.text) for item in waiting],
         queue=request.priority,
         chunk_size=settings.chunk_size,
         request_id=request_id,
     )
     return job
+
+
+def _serve_from_cache(session: Session, settings: Settings, job: Job) -> list[JobItem]:
+    """Finish the items whose result is cached for the current primary model; no message is
+    sent for them. Returns the items that still need a worker."""
+    primary = get_task(job.task).chain[0]
+    version = tier_version(job.task, primary.tier)
+    if version is None:
+        return list(job.items)
+    cache = RedisCache.from_settings(settings.resolved_cache_url, settings.cache_ttl_seconds)
+    hits = lookup(session, cache, job.task, version, [item.input_hash for item in job.items])
+    done = [
+        (
+            ClaimedItem(item.id, item.index, item.text, item.input_hash),
+            Output(
+                hit.prediction, hit.model, hit.version, primary.tier, degraded=False, cached=True
+            ),
+        )
+        for item in job.items
+        if (hit := hits.get(item.input_hash)) is not None
+    ]
+    if done:
+        record_results(session, job.id, done)
+    return [item for item in job.items if item.input_hash not in hits]
 
 
 def _find_by_key(session: Session, tenant_id: int, key: str) -> Job | None:

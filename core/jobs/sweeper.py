@@ -93,6 +93,7 @@ def _dispatch(session: Session, settings: Settings, job: Job, item_ids: list[int
         session,
         str(job.id),
         item_ids,
+        task=job.task,
         queue=job.priority,
         chunk_size=settings.chunk_size,
         request_id=job.request_id,

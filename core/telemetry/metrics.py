@@ -18,5 +18,19 @@ BATCH_SECONDS = Histogram(
     ["task"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
+BATCH_FLUSHES = Counter(
+    "inferq_batch_flushes_total", "Micro-batches flushed to the model, by reason", ["reason"]
+)
+BATCH_ITEMS = Histogram(
+    "inferq_batch_items", "Inputs per micro-batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+FALLBACKS = Counter(
+    "inferq_fallbacks_total",
+    "Inputs a tier did not serve, by task, tier and reason",
+    ["task", "tier", "reason"],
+)
+CACHE_LOOKUPS = Counter(
+    "inferq_cache_lookups_total", "Result cache lookups by level and outcome", ["level", "outcome"]
+)
 RELAYED = Counter("inferq_outbox_relayed_total", "Outbox messages sent to the broker")
 SWEPT = Counter("inferq_swept_items_total", "Items re-driven or failed by the sweeper", ["action"])

@@ -169,7 +169,8 @@ def test_request_id_follows_the_job_into_the_worker(deployment: Deployment) -> N
     with deployment.client() as client:
         created = client.post(
             "/v1/jobs",
-            json={"task": "sentiment", "inputs": [POSITIVE]},
+            # A text never sent before: a cached result would never reach the worker.
+            json={"task": "sentiment", "inputs": [f"{POSITIVE} {request_id}"]},
             headers={"X-Request-ID": request_id},
         )
         client.get(created.headers["location"], params={"wait": 30})
@@ -199,7 +200,8 @@ def test_the_api_process_never_loads_torch(deployment: Deployment) -> None:
 
 def test_worker_exports_prometheus_metrics_of_its_pool(deployment: Deployment) -> None:
     with deployment.client() as client:
-        created = client.post("/v1/jobs", json={"task": "sentiment", "inputs": [POSITIVE]})
+        fresh = f"{POSITIVE} {uuid.uuid4()}"  # not cached, so the worker runs it
+        created = client.post("/v1/jobs", json={"task": "sentiment", "inputs": [fresh]})
         client.get(created.headers["location"], params={"wait": 30})
     port = deployment.stack.env["INFERQ_METRICS_PORT"]
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

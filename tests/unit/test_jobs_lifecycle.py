@@ -26,7 +26,7 @@ from core.inference.engine import InferenceEngine, Output
 from core.inference.registry import TaskSpec, TierSpec
 from core.inference.types import Prediction
 from core.jobs.cancel import cancel_job
-from core.jobs.execute import run_items
+from core.jobs.execute import Worker, run_items
 from core.jobs.lifecycle import ClaimedItem, claim_items, record_results
 from core.jobs.queries import get_job, list_jobs
 from core.jobs.submit import JobRequest, Submitted, submit_job
@@ -93,7 +93,13 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
     messages: list[Sent] = []
 
     def record(
-        _app: Any, job_id: str, item_ids: list[int], queue: str, request_id: str | None
+        _app: Any,
+        job_id: str,
+        item_ids: list[int],
+        *,
+        queue: str,
+        request_id: str | None,
+        **_sizes: Any,
     ) -> None:
         messages.append(Sent(job_id, list(item_ids), queue, request_id))
 
@@ -209,7 +215,7 @@ def run_sent(db: Database, config: Settings, messages: Sequence[Sent]) -> None:
     """Play the worker: run every recorded message in process."""
     engine = InferenceEngine(device="cpu")
     for message in list(messages):
-        run_items(db, engine, config, uuid.UUID(message.job_id), message.item_ids)
+        run_items(Worker(db, engine, config), uuid.UUID(message.job_id), message.item_ids)
 
 
 # --- submit: one transaction, send after commit ---------------------------------------------------

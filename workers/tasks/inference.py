@@ -1,20 +1,39 @@
-"""The inference task: a thin wrapper around ``core.jobs.execute.run_items``."""
+"""The inference task: micro-batches of run-items messages, a thin wrapper around
+``core.jobs.execute.run_batch``."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
+
+import structlog
 
 from core.broker import RUN_ITEMS
+from core.config import get_settings
 from core.jobs import execute
-from core.telemetry.logging import bound_request_id
 from workers import runtime
 from workers.app import celery_app
+from workers.batching import TokenBudgetBatches
+
+_policies = get_settings().batching
 
 
-@celery_app.task(name=RUN_ITEMS)  # type: ignore[untyped-decorator]
-def run_items(job_id: str, item_ids: list[int], request_id: str | None = None) -> int:
-    with bound_request_id(request_id):
-        report = execute.run_items(
-            runtime.database(), runtime.engine(), runtime.settings(), uuid.UUID(job_id), item_ids
+@celery_app.task(  # type: ignore[untyped-decorator]
+    base=TokenBudgetBatches,
+    name=RUN_ITEMS,
+    policies=_policies,
+    # Our own item and token counts decide a full batch; this is only a backstop.
+    flush_every=10_000,
+    flush_interval=min(policy.max_wait_ms for policy in _policies.values()) / 1000,
+)
+def run_items(requests: list[Any]) -> int:
+    deliveries = [
+        execute.Delivery(
+            uuid.UUID(request.args[0]), list(request.args[1]), request.kwargs.get("request_id")
         )
+        for request in requests
+    ]
+    request_ids = sorted({d.request_id for d in deliveries if d.request_id})
+    with structlog.contextvars.bound_contextvars(request_ids=request_ids):
+        report = execute.run_batch(runtime.worker(), deliveries)
     return report.written

@@ -228,10 +228,10 @@ def _summary(
 @models_app.command("list")
 def models_list() -> None:
     """Tasks and their fallback chains."""
-    from core.inference.registry import TASKS
+    from core.inference.registry import all_tasks
 
     table = Table("task", "tier", "adapter", "description")
-    for spec in TASKS.values():
+    for spec in all_tasks().values():
         for tier in spec.chain:
             table.add_row(spec.name, tier.tier, tier.adapter, spec.description)
     Console(width=140).print(table)

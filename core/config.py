@@ -15,6 +15,16 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class TierConfig(BaseModel):
+    tier: Literal["primary", "fallback", "rules"]
+    adapter: str = Field(pattern=r"^[\w.]+:\w+$", description="module.path:ClassName")
+
+
+class TaskConfig(BaseModel):
+    description: str = ""
+    chain: list[TierConfig] = Field(min_length=1)
+
+
 class BatchPolicy(BaseModel):
     """How a worker forms one micro-batch for a task: flush at whichever limit comes first."""
 
@@ -54,6 +64,9 @@ class Settings(BaseSettings):
     # Redis redelivers an unacked message after this long; keep it far above the longest batch.
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     worker_concurrency: int = Field(default=1, ge=1)
+
+    # Tasks added to, or replacing, the built-in registry (see core.inference.registry).
+    tasks: dict[str, TaskConfig] = Field(default_factory=dict)
 
     # Per task, e.g. INFERQ_BATCHING='{"sentiment": {"max_items": 64, "token_budget": 8192}}';
     # "default" applies to tasks without an entry of their own.

@@ -38,12 +38,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _fresh_settings() -> Iterator[None]:
     from core.broker import get_celery
+    from core.inference.registry import tier_version
 
-    get_settings.cache_clear()
-    get_celery.cache_clear()
+    caches = (get_settings, get_celery, tier_version)
+    for cached in caches:
+        cached.cache_clear()
     yield
-    get_settings.cache_clear()
-    get_celery.cache_clear()
+    for cached in caches:
+        cached.cache_clear()
 
 
 @pytest.fixture

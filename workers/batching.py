@@ -1,25 +1,43 @@
 """Micro-batching across broker messages, on top of celery-batches.
 
-celery-batches buffers messages in the worker's main process and flushes them to the pool as
-one call, either every ``flush_every`` messages or on a ``flush_interval`` timer. A message here
-carries a chunk of item ids with its item count and estimated tokens, so this subclass also
-flushes as soon as the buffered *items* reach ``max_items`` or their tokens reach the token
-budget, whichever comes first, and records why each batch was flushed.
+celery-batches receives messages in the worker's main process and hands buffered ones to the
+pool as one call. Its own rule (every N messages or on a timer) knows neither how many inputs a
+message carries nor which queue it came from, so this subclass decides what a batch is:
+
+* a batch is flushed when its task's buffered inputs reach ``max_items`` or their estimated
+  tokens reach ``token_budget``, or when the oldest has waited ``max_wait_ms``;
+* a batch is only formed when a pool process is free, so work waits here, where the next batch
+  can still take interactive messages first, rather than in the pool's queue in arrival order;
+* within a flush, interactive messages go first; bulk fills what is left, so it still moves.
 """
 
 from __future__ import annotations
 
-import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from celery_batches import Batches
+from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 
 from core.config import BatchPolicy
 from core.telemetry.metrics import BATCH_FLUSHES
 
 log = structlog.get_logger(__name__)
+
+PRIORITY = {"interactive": 0, "bulk": 1}
+
+
+@dataclass
+class Waiting:
+    request: Any
+    task: str
+    items: int
+    tokens: int
+    priority: int
+    arrived: float
 
 
 class TokenBudgetBatches(Batches):  # type: ignore[misc]
@@ -29,9 +47,9 @@ class TokenBudgetBatches(Batches):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
-        self._buffered: dict[str, list[int]] = {}  # task -> [items, tokens]
-        self._reason = "max_wait"
-        self._counter_lock = threading.Lock()
+        self._waiting: list[Waiting] = []
+        self._in_flight = 0
+        self._flushing = False
 
     def policy(self, task: str) -> BatchPolicy:
         return self.policies.get(task) or self.policies["default"]
@@ -43,41 +61,124 @@ class TokenBudgetBatches(Batches):  # type: ignore[misc]
             message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any
         ) -> None:
             buffer_message(message, body, ack, reject, callbacks, **kw)
-            task_name, items, tokens = _size_of(message)
-            with self._counter_lock:
-                counts = self._buffered.setdefault(task_name, [0, 0])
-                counts[0] += items
-                counts[1] += tokens
-                reason = self._flush_reason(task_name, *counts)
-            if reason is not None:
-                self._reason = reason
-                self._do_flush()
+            self._take_buffered()
+            self._do_flush()
 
         return handle
 
-    def _flush_reason(self, task: str, items: int, tokens: int) -> str | None:
-        policy = self.policy(task)
-        if items >= policy.max_items:
-            return "max_items"
-        if tokens >= policy.token_budget:
-            return "token_budget"
+    def _take_buffered(self) -> None:
+        while not self._buffer.empty():
+            request = self._buffer.get_nowait()
+            kwargs = request.kwargs or {}
+            items = int(kwargs.get("n_items") or 1)
+            queue = (request.delivery_info or {}).get("routing_key", "interactive")
+            self._waiting.append(
+                Waiting(
+                    request,
+                    str(kwargs.get("task") or "default"),
+                    items,
+                    int(kwargs.get("tokens") or items),
+                    PRIORITY.get(queue, 0),
+                    time.monotonic(),
+                )
+            )
+
+    def _do_flush(self) -> None:
+        """Called on every message, by the timer, and when a batch returns."""
+        if self._flushing:  # the solo pool runs a batch inline and calls back into here
+            return
+        self._flushing = True
+        try:
+            self._take_buffered()
+            while self._waiting and self._in_flight < (self._pool.limit or 1):
+                reason = self._ready()
+                if reason is None:
+                    break
+                self._submit(self._next_batch(), reason)
+            if not self._waiting and self._in_flight == 0 and self._tref is not None:
+                self._tref.cancel()  # idle: the next message starts the timer again
+                self._tref = None
+        finally:
+            self._flushing = False
+
+    def _ready(self) -> str | None:
+        totals: dict[str, list[int]] = {}
+        for waiting in self._waiting:
+            counts = totals.setdefault(waiting.task, [0, 0])
+            counts[0] += waiting.items
+            counts[1] += waiting.tokens
+            policy = self.policy(waiting.task)
+            if counts[0] >= policy.max_items:
+                return "max_items"
+            if counts[1] >= policy.token_budget:
+                return "token_budget"
+        oldest = min(self._waiting, key=lambda w: w.arrived)
+        if time.monotonic() - oldest.arrived >= self.policy(oldest.task).max_wait_ms / 1000:
+            return "max_wait"
         return None
 
-    def flush(self, requests: Any) -> Any:
-        with self._counter_lock:
-            reason, self._reason = self._reason, "max_wait"
-            items = sum(counts[0] for counts in self._buffered.values())
-            self._buffered = {}
+    def _next_batch(self) -> list[Waiting]:
+        """Interactive first, then by arrival; stop at the first task's item or token limit."""
+        ordered = sorted(self._waiting, key=lambda w: (w.priority, w.arrived))
+        batch: list[Waiting] = []
+        totals: dict[str, list[int]] = {}
+        for waiting in ordered:
+            counts = totals.setdefault(waiting.task, [0, 0])
+            policy = self.policy(waiting.task)
+            full = counts[0] + waiting.items > policy.max_items or (
+                counts[1] + waiting.tokens > policy.token_budget
+            )
+            if batch and full:
+                break
+            batch.append(waiting)
+            counts[0] += waiting.items
+            counts[1] += waiting.tokens
+        taken = {id(w) for w in batch}
+        self._waiting = [w for w in self._waiting if id(w) not in taken]
+        return batch
+
+    def _submit(self, batch: list[Waiting], reason: str) -> None:
         BATCH_FLUSHES.labels(reason).inc()
-        log.info("batch_flushed", reason=reason, messages=len(requests), items=items)
-        return super().flush(requests)
+        log.info(
+            "batch_flushed",
+            reason=reason,
+            messages=len(batch),
+            items=sum(w.items for w in batch),
+            interactive=sum(1 for w in batch if w.priority == 0),
+        )
+        self._in_flight += 1
+        self.flush([w.request for w in batch])
 
+    def flush(self, requests: list[Any]) -> Any:
+        """celery-batches' flush, plus: free the pool slot when the batch returns, and give the
+        messages back to the broker if the pool process dies (reject-on-worker-lost; the item
+        attempt cap in PostgreSQL stops a poison input from looping)."""
+        late = [request for request in requests if request.task.acks_late]
 
-def _size_of(message: Any) -> tuple[str, int, int]:
-    """Task, items and estimated tokens of a message (the outbox relay sends them as kwargs)."""
-    try:
-        kwargs = message.payload[1] if isinstance(message.payload, list | tuple) else {}
-    except (AttributeError, IndexError, TypeError):
-        kwargs = {}
-    items = int(kwargs.get("n_items") or 1)
-    return str(kwargs.get("task") or "default"), items, int(kwargs.get("tokens") or items)
+        def accepted(*_: Any) -> None:
+            for request in requests:
+                if not request.task.acks_late:
+                    request.acknowledge()
+
+        def returned(*_: Any) -> None:
+            for request in late:
+                request.acknowledge()
+            self._batch_returned()
+
+        def lost(*_: Any) -> None:
+            for request in late:
+                request.reject(requeue=True)
+            self._batch_returned()
+
+        simple = ([SimpleRequest.from_request(request) for request in requests],)
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, simple, 0, None),
+            accept_callback=accepted,
+            callback=returned,
+            error_callback=lost,
+        )
+
+    def _batch_returned(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        self._do_flush()

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import TenantDep
 from core.inference.circuit import Circuits
-from core.inference.registry import TASKS, tier_version
+from core.inference.registry import all_tasks, tier_version
 from schemas.models import ModelList, TaskOut, TierOut
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -35,6 +35,6 @@ def _describe(circuits: Circuits) -> ModelList:
                     for tier in spec.chain
                 ],
             )
-            for spec in TASKS.values()
+            for spec in all_tasks().values()
         ]
     )

@@ -1,5 +1,7 @@
 """The model registry: every task and its ordered fallback chain.
 
+Built-in tasks are below; ``INFERQ_TASKS`` adds tasks or replaces a task's chain, e.g.
+``{"sentiment": {"chain": [{"tier": "primary", "adapter": "pkg.mod:Class"}, ...]}}``.
 Torch-free on purpose: the API imports this to validate task names and must never pull in
 torch. Tiers name their adapter as "module:Class" and are imported only when a worker loads them.
 """
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
 
-Tier = Literal["primary", "fallback", "rules"]
+from core.config import get_settings
+
+Tier = Literal["primary", "fallback", "rules"]  # also declared in core.config.TierConfig
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,25 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+def all_tasks() -> dict[str, TaskSpec]:
+    """The built-in tasks with the configured ones laid over them."""
+    configured = {
+        name: TaskSpec(
+            name=name,
+            description=config.description,
+            chain=tuple(TierSpec(tier.tier, tier.adapter) for tier in config.chain),
+        )
+        for name, config in get_settings().tasks.items()
+    }
+    return {**TASKS, **configured}
+
+
 def task_names() -> frozenset[str]:
-    return frozenset(TASKS)
+    return frozenset(all_tasks())
 
 
 def get_task(name: str) -> TaskSpec:
-    return TASKS[name]
+    return all_tasks()[name]
 
 
 def adapter_class(tier: TierSpec) -> Any:

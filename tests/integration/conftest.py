@@ -4,6 +4,7 @@ and `inferq beat` as separate processes, exactly as the README starts them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,10 @@ class Deployment:
         return httpx.Client(base_url=self.stack.api_url or "", headers=headers, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    data_dir: Path = tmp_path_factory.mktemp("deployment")
-    with fresh_postgres_database() as pg_url, fresh_redis_db(12) as redis_url:
-        stack = Stack(stack_env(pg_url, redis_url, data_dir), data_dir)
+@contextmanager
+def deployed(data_dir: Path, redis_db: int, **env: str) -> Iterator[Deployment]:
+    with fresh_postgres_database() as pg_url, fresh_redis_db(redis_db) as redis_url:
+        stack = Stack(stack_env(pg_url, redis_url, data_dir, **env), data_dir)
         try:
             stack.run("db", "upgrade")
             key = stack.run("keys", "create", "alice")
@@ -40,3 +40,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             yield Deployment(stack, key, other_key)
         finally:
             stack.stop_all()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployed(tmp_path_factory.mktemp("deployment"), 12) as running:
+        yield running

@@ -111,6 +111,9 @@ def worker(
     # Pool children record metrics into files here; the main process serves them all on
     # INFERQ_METRICS_PORT. prometheus_client reads this variable when it is first imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="inferq-metrics-"))
+    processes = concurrency or settings.worker_concurrency
+    os.environ["INFERQ_WORKER_CONCURRENCY"] = str(processes)  # pool children size torch threads
+    get_settings.cache_clear()
     from workers.app import celery_app
 
     celery_app.worker_main(
@@ -118,7 +121,7 @@ def worker(
             "worker",
             f"--queues={queues}",
             f"--pool={pool}",
-            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--concurrency={processes}",
             "--without-gossip",
             "--without-mingle",
             f"--loglevel={settings.log_level}",

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
 
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
 
+    # Tasks whose models a worker loads and runs once before it takes work.
+    warm_tasks: list[str] = Field(default_factory=lambda: ["sentiment"])
+
     device: str = "auto"
     torch_threads: int | None = None
     log_level: str = "INFO"

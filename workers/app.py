@@ -26,12 +26,13 @@ log = structlog.get_logger(__name__)
 
 def warm_up() -> None:
     settings = get_settings()
-    if settings.torch_threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(settings.torch_threads)
-    runtime.engine().warm_up(["sentiment"])
-    log.info("worker_warm", device=settings.device)
+    # Each pool process gets its share of the cores: oversubscribed threads thrash.
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+    torch.set_num_threads(threads)
+    runtime.engine().warm_up(settings.warm_tasks)
+    log.info("worker_warm", device=settings.device, torch_threads=threads)
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]

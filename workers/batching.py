@@ -95,8 +95,9 @@ class TokenBudgetBatches(Batches):  # type: ignore[misc]
                 if reason is None:
                     break
                 self._submit(self._next_batch(), reason)
-            if not self._waiting and self._in_flight == 0 and self._tref is not None:
-                self._tref.cancel()  # idle: the next message starts the timer again
+            timer: Any = getattr(self, "_tref", None)
+            if not self._waiting and self._in_flight == 0 and timer is not None:
+                timer.cancel()  # idle: the next message starts the timer again
                 self._tref = None
         finally:
             self._flushing = False

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,6 +198,19 @@ class _BatchedTransformer:
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Word pieces per text, as the model will see them: what the engine budgets batches by."""
+        return [len(sequence) for sequence in tokenise(self._tokenizer, texts)] if texts else []
+
+    def _autocast(self) -> AbstractContextManager[object]:
+        """Half precision on a GPU (bf16 where the card has it, else fp16); full fp32 on CPU."""
+        import torch
+
+        if self.device.type != "cuda":
+            return nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
     def _rows(self, texts: Sequence[str]) -> list[list[float]]:
         """One output row per text, in input order."""
         import torch
@@ -207,7 +222,7 @@ class _BatchedTransformer:
         order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
         rows: dict[int, list[float]] = {}
         pad_id = int(self._tokenizer.pad_token_id)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 input_ids, mask = pad_batch([sequences[i] for i in chunk], pad_id, self.device)
@@ -247,6 +262,46 @@ class SentimentTransformer(_BatchedTransformer):
             label = max(scores, key=scores.__getitem__)
             predictions.append(Prediction(label=label, score=scores[label], scores=scores))
         return predictions
+
+
+class QuantizedSentimentTransformer(SentimentTransformer):
+    """The primary model with INT8 dynamic quantisation of its Linear layers, for CPU workers.
+
+    Select it per deployment with INFERQ_TASKS; its version differs from the float model's, so
+    the two never share cached results. bench/quantized.py measures accuracy and speed.
+    """
+
+    @classmethod
+    def current_version(cls) -> str:
+        return _int8_version(artefact_version(SENTIMENT_ARTEFACT_DIR))
+
+    @classmethod
+    def load(
+        cls, artefact_dir: Path | None = None, device: str = "cpu"
+    ) -> QuantizedSentimentTransformer:
+        import torch
+
+        if resolve_device(device).type != "cpu":
+            raise ValueError("INT8 dynamic quantisation runs on CPU workers only")
+        directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
+        with warnings.catch_warnings():
+            # torch.ao.quantization is deprecated in favour of torchao, which is not packaged
+            # for this pinned torch; it still works in 2.13, and the pin keeps it that way.
+            warnings.filterwarnings("ignore", message=".*(torch.ao.quantization|quantize_per)")
+            quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+                _load_sentiment_model(directory), {torch.nn.Linear}, dtype=torch.qint8
+            )
+        return cls(
+            name=f"{read_model_card(directory)['name']}-int8",
+            version=_int8_version(artefact_version(directory)),
+            tokenizer=load_tokenizer(),
+            model=quantized,
+            device=resolve_device("cpu"),
+        )
+
+
+def _int8_version(float_version: str) -> str:
+    return hashlib.sha256(f"{float_version}\0int8-dynamic".encode()).hexdigest()[:12]
 
 
 class SentenceEmbedder(_BatchedTransformer):

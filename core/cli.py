@@ -7,8 +7,8 @@ Adapters (api, workers, producers) are imported inside the commands that need th
 from __future__ import annotations
 
 import os
+import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -110,8 +110,12 @@ def worker(
     settings = _setup()
     # Pool children record metrics into files here; the main process serves them all on
     # INFERQ_METRICS_PORT. prometheus_client reads this variable when it is first imported.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="inferq-metrics-"))
-    processes = concurrency or settings.worker_concurrency
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_dir = settings.data_dir / "worker-metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # the client's docs: wipe between runs
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    processes = concurrency or settings.resolved_worker_concurrency
     os.environ["INFERQ_WORKER_CONCURRENCY"] = str(processes)  # pool children size torch threads
     get_settings.cache_clear()
     from workers.app import celery_app
@@ -143,6 +147,21 @@ def beat() -> None:
             f"--loglevel={settings.log_level}",
         ]
     )
+
+
+@app.command()
+def ingest() -> None:
+    """Consume Kafka requests into jobs and publish their results (INFERQ_KAFKA_* settings)."""
+    from producers.kafka_ingest import run_ingest
+
+    settings = _setup()
+    with ExitStack() as stack:
+        if settings.embedded:
+            upgrade_database(settings)
+            from workers.embedded import running_worker
+
+            stack.enter_context(running_worker(settings.data_dir))
+        run_ingest(settings)
 
 
 @app.command()

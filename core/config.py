@@ -7,6 +7,7 @@ with a worker inside the same process. Setting ``INFERQ_DATABASE_URL`` (PostgreS
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -63,7 +64,9 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(default=15.0, gt=0)
     # Redis redelivers an unacked message after this long; keep it far above the longest batch.
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
-    worker_concurrency: int = Field(default=1, ge=1)
+    # Pool processes per worker. Unset: one per core on CPU (small matrices parallelise better
+    # across batches than inside one), one per GPU process on CUDA (one model per GPU process).
+    worker_concurrency: int | None = Field(default=None, ge=1)
 
     # Tasks added to, or replacing, the built-in registry (see core.inference.registry).
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
@@ -78,6 +81,21 @@ class Settings(BaseSettings):
     circuit_force_open: str = ""
 
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+
+    # Kafka door (`inferq ingest`): requests in, results out, what cannot be read to the DLQ.
+    kafka_bootstrap_servers: str = "localhost:9092"
+    kafka_group_id: str = "inferq-ingest"
+    kafka_requests_topic: str = "inferq.requests"
+    kafka_results_topic: str = "inferq.results"
+    kafka_dlq_topic: str = "inferq.requests.dlq"
+    # A stream is throughput work: its jobs wait behind interactive HTTP jobs unless told not to.
+    kafka_priority: Literal["interactive", "bulk"] = "bulk"
+    kafka_batch_size: int = Field(default=100, ge=1)
+    kafka_poll_timeout_seconds: float = Field(default=1.0, gt=0)
+    # Extra librdkafka properties: for every client (security, SASL) and for the consumer only
+    # (timeouts). The offset and idempotence settings the invariants rest on cannot be overridden.
+    kafka_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    kafka_consumer_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     # Tasks whose models a worker loads and runs once before it takes work.
     warm_tasks: list[str] = Field(default_factory=lambda: ["sentiment"])
@@ -97,6 +115,12 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'inferq.db').resolve()}"
+
+    @property
+    def resolved_worker_concurrency(self) -> int:
+        if self.worker_concurrency is not None:
+            return self.worker_concurrency
+        return 1 if self.device.startswith("cuda") else max(1, os.cpu_count() or 1)
 
     @property
     def resolved_cache_url(self) -> str | None:

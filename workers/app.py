@@ -29,7 +29,8 @@ def warm_up() -> None:
     import torch
 
     # Each pool process gets its share of the cores: oversubscribed threads thrash.
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+    share = (os.cpu_count() or 1) // settings.resolved_worker_concurrency
+    threads = settings.torch_threads or max(1, share)
     torch.set_num_threads(threads)
     runtime.engine().warm_up(settings.warm_tasks)
     log.info("worker_warm", device=settings.device, torch_threads=threads)

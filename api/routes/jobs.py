@@ -17,7 +17,7 @@ from api.presenters import job_out, job_summary
 from core.db.session import Database
 from core.errors import InvalidInput
 from core.jobs.cancel import cancel_job
-from core.jobs.queries import get_job, list_jobs
+from core.jobs.queries import get_job, job_status, list_jobs
 from core.jobs.state import TERMINAL_JOB, JobStatus
 from core.jobs.submit import JobRequest, submit_job
 from core.telemetry.metrics import JOBS_SUBMITTED
@@ -70,12 +70,18 @@ async def read_job(
         raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
     deadline = time.monotonic() + wait
     delay = 0.05
-    while True:
-        view = await run_in_threadpool(_read, database, tenant_id, job_id)
-        if view.status in TERMINAL_JOB or time.monotonic() >= deadline:
-            return view
+    # Poll the job's status alone; read the items and results once, when it is time to answer.
+    while await run_in_threadpool(_status, database, tenant_id, job_id) not in TERMINAL_JOB:
+        if time.monotonic() >= deadline:
+            break
         await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.5)
+    return await run_in_threadpool(_read, database, tenant_id, job_id)
+
+
+def _status(database: Database, tenant_id: int, job_id: uuid.UUID) -> str:
+    with database.read() as session:
+        return job_status(session, tenant_id, job_id)
 
 
 def _read(database: Database, tenant_id: int, job_id: uuid.UUID) -> JobOut:

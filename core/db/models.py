@@ -1,7 +1,7 @@
 """The relational model: PostgreSQL (or SQLite in embedded mode) is the system of record.
 
 Unique keys carry the idempotency invariants: one result per item, one job per
-(tenant, idempotency key).
+(tenant, idempotency key), one submission per Kafka record (topic, partition, offset).
 """
 
 from __future__ import annotations
@@ -166,3 +166,24 @@ class OutboxMessage(Base):
     payload: Mapped[dict[str, Any]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class KafkaRecord(Base):
+    """The Kafka record a job came from, written in the transaction that submitted the job.
+
+    A redelivered record finds its row and is skipped; the job's idempotency key (the message id)
+    catches the same message produced twice at two offsets."""
+
+    __tablename__ = "kafka_records"
+    __table_args__ = (
+        UniqueConstraint("topic", "partition", "offset", name="uq_kafka_records_position"),
+        Index("ix_kafka_records_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

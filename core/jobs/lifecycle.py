@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
+from core.jobs import outbox
 from core.jobs.state import (
     TERMINAL_ITEM,
     TERMINAL_JOB,
@@ -27,6 +29,8 @@ from core.jobs.state import (
     job_transition,
     settled_job_status,
 )
+
+UPSERT_ROWS = 500  # rows per INSERT: well under SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True)
@@ -107,14 +111,15 @@ def record_results(
     job = lock_job(session, job_id)
     if job is None:
         return 0
-    by_id = {claimed.id: output for claimed, output in outcomes}
-    claimed_by_id = {claimed.id: claimed for claimed, _ in outcomes}
-    written = 0
-    for item in _lock_items(session, job_id, list(by_id)):
-        if item.status in TERMINAL_ITEM:
-            continue
-        output = by_id[item.id]
-        written += _upsert_result(session, job, claimed_by_id[item.id], output)
+    by_id = {claimed.id: (claimed, output) for claimed, output in outcomes}
+    live = [
+        item
+        for item in _lock_items(session, job_id, list(by_id))
+        if item.status not in TERMINAL_ITEM
+    ]
+    # One multi-row upsert, then the item updates go out together at flush (executemany).
+    written = _upsert_results(session, job, [by_id[item.id] for item in live])
+    for item in live:
         item.status = item_transition(item.status, ItemStatus.SUCCEEDED)
         item.leased_until = None
         item.error = None
@@ -163,6 +168,7 @@ def settle_job(session: Session, job: Job) -> None:
         job.finished_at = utcnow()
         if target == JobStatus.FAILED:
             job.error = "every input failed; see each input's error"
+        outbox.add_kafka_result(session, job)
 
 
 def retire(item: JobItem) -> None:
@@ -178,14 +184,14 @@ def _fail(item: JobItem, reason: str) -> None:
     item.leased_until = None
 
 
-def _upsert_result(session: Session, job: Job, claimed: ClaimedItem, output: Output) -> int:
+def _result_row(job: Job, claimed: ClaimedItem, output: Output) -> dict[str, Any]:
     prediction = output.prediction
     extra = {
         key: value
         for key, value in (("scores", prediction.scores), ("embedding", prediction.embedding))
         if value is not None
     }
-    values = {
+    return {
         "item_id": claimed.id,
         "job_id": job.id,
         "task": job.task,
@@ -200,12 +206,24 @@ def _upsert_result(session: Session, job: Job, claimed: ClaimedItem, output: Out
         "output": extra or None,
         "created_at": utcnow(),
     }
+
+
+def _upsert_results(
+    session: Session, job: Job, outcomes: Sequence[tuple[ClaimedItem, Output]]
+) -> int:
+    """Insert result rows, skipping items that already have one; returns how many were new."""
+    if not outcomes:
+        return 0
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(Result)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["item_id"])
-        .returning(Result.id)
-    )
-    return len(session.execute(statement).all())
+    written = 0
+    for start in range(0, len(outcomes), UPSERT_ROWS):
+        rows = [_result_row(job, c, o) for c, o in outcomes[start : start + UPSERT_ROWS]]
+        statement = (
+            insert(Result)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["item_id"])
+            .returning(Result.id)
+        )
+        written += len(session.execute(statement).all())
+    return written

@@ -4,23 +4,30 @@
 relay once that transaction commits (low latency); the periodic relay task sends anything that
 immediate attempt missed (process died, broker down). A row sent twice is harmless: workers skip
 items that are already finished or leased.
+
+Each relay sends the kinds its sender knows: Celery's relay (beat, maintenance queue) the
+``run_items`` rows, the Kafka results relay (``inferq ingest``) the ``kafka_result`` rows. Kept
+apart, a Kafka outage cannot hold up job dispatch, and workers need no Kafka client. A
+``kafka_result`` row may be published twice (sent, then the process died before marking it
+sent); consumers of the results topic dedupe on the record key, the request's message id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 import structlog
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from core.broker import get_celery, send_run_items
-from core.db.models import OutboxMessage, utcnow
+from core.db.models import Job, KafkaRecord, OutboxMessage, utcnow
 from core.db.session import after_commit
 
 log = structlog.get_logger(__name__)
 
 RUN_ITEMS_KIND = "run_items"
+KAFKA_RESULT_KIND = "kafka_result"
 DEFAULT_TOKENS = 32  # token estimate of an item re-sent without its text at hand
 
 
@@ -69,6 +76,21 @@ def add_run_items(
     return ids
 
 
+def add_kafka_result(session: Session, job: Job) -> bool:
+    """When a job that came from Kafka is settled, a row in the same transaction asks for its
+    outcome to be published; the payload names the job, the record is built when it is sent.
+    Whether it came from Kafka is read from ``kafka_records``, which only ``inferq ingest``
+    writes, so no HTTP caller can publish a record under someone else's message id."""
+    message_id = session.scalar(
+        select(KafkaRecord.message_id).where(KafkaRecord.job_id == job.id).limit(1)
+    )
+    if message_id is None:
+        return False
+    payload = {"job_id": str(job.id), "message_id": message_id}
+    session.add(OutboxMessage(kind=KAFKA_RESULT_KIND, payload=payload))
+    return True
+
+
 def send_to_celery(message: OutboxMessage) -> None:
     if message.kind != RUN_ITEMS_KIND:
         raise ValueError(f"unknown outbox message kind {message.kind!r}")
@@ -90,12 +112,14 @@ def relay(
     *,
     ids: Iterable[int] | None = None,
     limit: int = 500,
+    kinds: Collection[str] = (RUN_ITEMS_KIND,),
 ) -> int:
-    """Send unsent rows and mark them sent. The rows were committed by an earlier transaction;
-    locking them (SKIP LOCKED) only stops two relays from sending the same row concurrently."""
+    """Send unsent rows of ``kinds`` and mark them sent. The rows were committed by an earlier
+    transaction; locking them (SKIP LOCKED) only stops two relays from sending the same row
+    concurrently."""
     query = (
         select(OutboxMessage)
-        .where(OutboxMessage.sent_at.is_(None))
+        .where(OutboxMessage.sent_at.is_(None), OutboxMessage.kind.in_(list(kinds)))
         .order_by(OutboxMessage.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -49,6 +49,13 @@ def get_job(
     return JobView(job, counts, items)
 
 
+def job_status(session: Session, tenant_id: int, job_id: uuid.UUID) -> str:
+    row = session.execute(select(Job.tenant_id, Job.status).where(Job.id == job_id)).first()
+    if row is None or row.tenant_id != tenant_id:
+        raise NotFound(f"job {job_id} not found")
+    return str(row.status)
+
+
 def list_jobs(
     session: Session,
     tenant_id: int,

@@ -107,10 +107,12 @@ class Stack:
         wait_for(lambda: _healthy(self.api_url), 60, "the API to answer /healthz", self, "api")
         return self.api_url
 
-    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
-        process = self.start(name, "worker", "--pool", "prefork", "--concurrency", "1", *extra)
+    def start_worker(self, name: str = "worker", concurrency: int = 1) -> subprocess.Popen[bytes]:
+        process = self.start(name, "worker", "--pool", "prefork", "--concurrency", str(concurrency))
         wait_for(
-            lambda: "worker_warm" in self.log(name) and "ready" in self.log(name),
+            lambda: (
+                self.log(name).count('"worker_warm"') >= concurrency and "ready" in self.log(name)
+            ),
             180,
             f"{name} to load its model",
             self,

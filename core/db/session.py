@@ -6,14 +6,22 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
 _AFTER_COMMIT = "inferq_after_commit"
+# PostgreSQL's deadlock_detected and serialization_failure: the transaction may simply run again.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 _SQLITE_BEGIN = "inferq_sqlite_begin"
 
 
@@ -82,3 +90,22 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def retry_transient(work: Callable[[], T], attempts: int = 3) -> T:
+    """Run a whole unit of work again when the database aborted it for a transient reason
+    (a deadlock, a serialization failure, SQLite's lock timeout). ``work`` must be idempotent."""
+    for attempt in range(attempts):
+        try:
+            return work()
+        except OperationalError as exc:
+            if attempt == attempts - 1 or not _is_transient(exc):
+                raise
+            log.warning("transient_database_error", attempt=attempt + 1, error=str(exc.orig))
+            time.sleep(0.05 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _is_transient(exc: OperationalError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in _TRANSIENT_SQLSTATES or "database is locked" in str(exc.orig)

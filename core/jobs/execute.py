@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.db.session import Database, after_commit
+from core.db.session import Database, after_commit, retry_transient
 from core.inference.cache import CachedResult, RedisCache, lookup
 from core.inference.engine import Failure, InferenceEngine, Outcome, Output
 from core.jobs import outbox
@@ -59,7 +59,7 @@ def run_items(worker: Worker, job_id: uuid.UUID, item_ids: Sequence[int]) -> Run
 
 
 def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
-    claims = _claim(worker, deliveries)
+    claims = retry_transient(lambda: _claim(worker, deliveries))
     if not claims:
         return RunReport(0, 0, 0, 0)
     started = time.perf_counter()
@@ -72,7 +72,7 @@ def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
                 by_task[claim.task].extend(claim.items)
         for task, items in by_task.items():
             outcomes.update(_resolve(worker, task, items))
-    report = _record(worker, claims, outcomes)
+    report = retry_transient(lambda: _record(worker, claims, outcomes))
     claimed = sum(len(claim.items) for claim in claims)
     BATCH_ITEMS.observe(claimed)
     log.info(
@@ -91,7 +91,8 @@ def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:
     settings = worker.settings
     claims: list[Claim] = []
     with worker.database.transaction() as session:
-        for delivery in deliveries:
+        # Jobs are locked in id order by every writer, so two batches never deadlock.
+        for delivery in sorted(deliveries, key=lambda d: d.job_id):
             claim = claim_items(
                 session,
                 delivery.job_id,
@@ -137,7 +138,7 @@ def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -
     written = cached = retried = 0
     fresh: dict[str, list[tuple[str, CachedResult]]] = defaultdict(list)
     with worker.database.transaction() as session:
-        for claim in claims:
+        for claim in sorted(claims, key=lambda c: c.job_id):
             done = [(item, o) for item in claim.items if isinstance(o := outcomes[item.id], Output)]
             failed = {
                 item.id: o.reason

@@ -32,26 +32,32 @@ class SweepReport:
 def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepReport:
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.redispatch_after_seconds)
-    candidates = session.scalars(
-        select(JobItem)
-        .where(
-            or_(
-                (JobItem.status == ItemStatus.RUNNING) & (JobItem.leased_until < now),
-                (JobItem.status == ItemStatus.QUEUED) & (JobItem.dispatched_at < stale_before),
-            )
-        )
-        .order_by(JobItem.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    by_job: dict[uuid.UUID, list[JobItem]] = defaultdict(list)
-    for item in candidates:
-        by_job[item.job_id].append(item)
+    stale = or_(
+        (JobItem.status == ItemStatus.RUNNING) & (JobItem.leased_until < now),
+        (JobItem.status == ItemStatus.QUEUED) & (JobItem.dispatched_at < stale_before),
+    )
+    # Find candidates without locks, then lock job first and items second, jobs in id order:
+    # the same order workers use, so the sweeper and workers can never deadlock.
+    candidates = session.execute(
+        select(JobItem.job_id, JobItem.id).where(stale).order_by(JobItem.id).limit(limit)
+    ).tuples()
+    by_job: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for job_id, item_id in candidates:
+        by_job[job_id].append(item_id)
     redispatched = failed = 0
-    for job_id, items in by_job.items():
+    for job_id in sorted(by_job):
         job = lock_job(session, job_id)
         if job is None:
             continue
+        items = list(
+            session.scalars(
+                select(JobItem)
+                .where(JobItem.id.in_(by_job[job_id]), stale)
+                .order_by(JobItem.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
         if job.status in TERMINAL_JOB:
             for item in items:
                 retire(item)

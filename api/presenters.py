@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from core.db.models import Job, JobItem
+from core.db.models import Job
+from core.jobs.presenters import result_out
 from core.jobs.queries import JobView
 from core.jobs.state import ItemStatus
-from schemas.jobs import Counts, ItemError, JobOut, JobSummary, ResultOut
+from schemas.jobs import Counts, ItemError, JobOut, JobSummary
 
 
 def job_summary(job: Job) -> JobSummary:
@@ -42,22 +43,4 @@ def job_out(view: JobView) -> JobOut:
             for item in view.items
             if item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED)
         ],
-    )
-
-
-def result_out(item: JobItem) -> ResultOut:
-    result = item.result
-    assert result is not None
-    extra = result.output or {}
-    return ResultOut(
-        index=item.index,
-        label=result.label,
-        score=result.score,
-        scores=extra.get("scores"),
-        embedding=extra.get("embedding"),
-        model=result.model,
-        version=result.version,
-        tier=result.tier,
-        degraded=result.degraded,
-        cached=result.cached,
     )

@@ -23,7 +23,7 @@ from core.config import Settings
 from core.db.models import Job, JobItem, OutboxMessage
 from core.db.session import Database
 from core.jobs import outbox
-from schemas.jobs import ResultOut
+from core.jobs.presenters import result_out
 from schemas.kafka import RESULT_SCHEMA, SCHEMA_HEADER, KafkaResult
 
 log = structlog.get_logger(__name__)
@@ -114,7 +114,7 @@ def result_record(session: Session, payload: dict[str, Any]) -> Outgoing | None:
 def _kafka_result(message_id: str, job: Job) -> KafkaResult:
     # A Kafka request is one text, so its job has exactly one item.
     item = job.items[0]
-    result = _result_out(item) if item.result is not None else None
+    result = result_out(item) if item.result is not None else None
     error = None if result is not None else (item.error or job.error or f"input is {item.status}")
     return KafkaResult(
         id=message_id,
@@ -125,22 +125,4 @@ def _kafka_result(message_id: str, job: Job) -> KafkaResult:
         error=error,
         metadata=job.metadata_,
         finished_at=job.finished_at,
-    )
-
-
-def _result_out(item: JobItem) -> ResultOut:
-    result = item.result
-    assert result is not None
-    extra = result.output or {}
-    return ResultOut(
-        index=item.index,
-        label=result.label,
-        score=result.score,
-        scores=extra.get("scores"),
-        embedding=extra.get("embedding"),
-        model=result.model,
-        version=result.version,
-        tier=result.tier,
-        degraded=result.degraded,
-        cached=result.cached,
     )

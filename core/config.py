@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     def resolved_worker_concurrency(self) -> int:
         if self.worker_concurrency is not None:
             return self.worker_concurrency
-        return 1 if self.device.startswith("cuda") else max(1, os.cpu_count() or 1)
+        if self.embedded or self.device.startswith("cuda"):  # embedded: one in-process worker
+            return 1
+        return max(1, os.cpu_count() or 1)
 
     @property
     def resolved_cache_url(self) -> str | None:

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,8 @@ from typing import Any
 import httpx
 import psycopg
 import redis
+
+from tests import services
 
 REPO = Path(__file__).resolve().parent.parent
 SST2_FILES = (REPO / "data" / "sst2" / "train.tsv", REPO / "data" / "sst2" / "dev.tsv")
@@ -394,16 +395,12 @@ def _healthy(url: str) -> bool:
 
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
-    name = f"inferq_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        log(f"dropped database {name}")
+    # The test suite's helper: benchmarks start their stack exactly as the tests do.
+    with services.fresh_postgres_database("inferq_bench", PG_ADMIN) as url:
+        try:
+            yield url
+        finally:
+            log(f"dropping database {url.rsplit('/', 1)[1]}")
 
 
 @contextmanager

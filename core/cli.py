@@ -294,7 +294,7 @@ def models_evaluate(
     settings = _setup(quiet_logs=True)
     if task != "sentiment":
         raise typer.BadParameter(f"only 'sentiment' has an evaluation set, not {task!r}")
-    table = Table("task", "tier", "model", "version", "accuracy", "n", "texts/s")
+    table = Table("task", "tier", "model", "version", "precision", "accuracy", "n", "texts/s")
     for tier in get_task(task).chain:
         module_name, class_name = tier.adapter.split(":")
         adapter = getattr(importlib.import_module(module_name), class_name).load(
@@ -306,6 +306,7 @@ def models_evaluate(
             tier.tier,
             adapter.name,
             adapter.version,
+            getattr(adapter, "precision", "-"),  # torch tiers only
             f"{report['accuracy']:.4f}",
             str(report["n"]),
             f"{report['texts_per_second']:,.0f}",

@@ -27,12 +27,22 @@ class TaskConfig(BaseModel):
 
 
 class BatchPolicy(BaseModel):
-    """How a worker forms one micro-batch for a task: flush at whichever limit comes first."""
+    """How a worker forms one micro-batch for a task, and how the engine cuts it into passes.
 
-    max_items: int = Field(default=64, ge=1)
+    A worker flushes a micro-batch at whichever of max_items, token_budget (estimated tokens of
+    its inputs) or max_wait_ms comes first. The engine then sorts the batch by length and runs
+    forward passes of at most forward_max_items rows and forward_token_budget padded tokens
+    (rows x longest). A batch wider than one pass is what makes sorting pay. On SST-2 phrases
+    (2 CPU cores, bf16), 64-row passes ran 2.4x faster cut from all 2,000 inputs sorted than
+    from 64 inputs as they came; from sorted windows of 256, 512 and 1024 the engine ran 760,
+    917 and 984 texts/s. Passes of 128 or 256 rows were slower than 64.
+    """
+
+    max_items: int = Field(default=512, ge=1)
     max_wait_ms: float = Field(default=25.0, ge=0)
-    # Sum of padded lengths (tokens) of one forward pass: longest input x batch size.
-    token_budget: int = Field(default=8192, ge=16)
+    token_budget: int = Field(default=32768, ge=16)
+    forward_max_items: int = Field(default=64, ge=1)
+    forward_token_budget: int = Field(default=4096, ge=16)
     # A tier that has not finished a batch by then hands what is left to the next tier.
     deadline_seconds: float = Field(default=30.0, gt=0)
 
@@ -71,7 +81,7 @@ class Settings(BaseSettings):
     # Tasks added to, or replacing, the built-in registry (see core.inference.registry).
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
 
-    # Per task, e.g. INFERQ_BATCHING='{"sentiment": {"max_items": 64, "token_budget": 8192}}';
+    # Per task, e.g. INFERQ_BATCHING='{"sentiment": {"max_items": 256, "max_wait_ms": 10}}';
     # "default" applies to tasks without an entry of their own.
     batching: dict[str, BatchPolicy] = Field(default_factory=lambda: {"default": BatchPolicy()})
 
@@ -101,6 +111,10 @@ class Settings(BaseSettings):
     warm_tasks: list[str] = Field(default_factory=lambda: ["sentiment"])
 
     device: str = "auto"
+    # Matmul precision of the transformer tiers. auto: bf16 on CUDA cards that have it (else fp16)
+    # and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), fp32 elsewhere. Measured on
+    # SST-2 test: fp32 88.07 %, bf16 88.30 % accuracy, bf16 about 3x the batched CPU throughput.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     torch_threads: int | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"

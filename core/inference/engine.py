@@ -92,8 +92,15 @@ class InferenceEngine:
         key = (task, tier.tier)
         with self._lock:
             if key not in self._models:
-                self._models[key] = adapter_class(tier).load(device=self.device)
-                log.info("model_loaded", task=task, tier=tier.tier, device=self.device)
+                model = adapter_class(tier).load(device=self.device)
+                self._models[key] = model
+                log.info(
+                    "model_loaded",
+                    task=task,
+                    tier=tier.tier,
+                    device=self.device,
+                    precision=getattr(model, "precision", None),
+                )
             return self._models[key]
 
     def primary(self, task: str) -> ModelAdapter:
@@ -193,14 +200,16 @@ class InferenceEngine:
     def _batches(
         self, adapter: ModelAdapter, texts: Sequence[str], indices: list[int], policy: BatchPolicy
     ) -> list[list[int]]:
-        """Length-sorted sub-batches whose padded size (longest x count) fits the budget."""
+        """Length-sorted forward passes of at most ``forward_max_items`` rows whose padded size
+        (longest x rows) fits ``forward_token_budget``."""
         lengths = _token_lengths(adapter, [texts[i] for i in indices])
         order = sorted(range(len(indices)), key=lengths.__getitem__)
         batches: list[list[int]] = []
         current: list[int] = []
         for position in order:
             padded = lengths[position] * (len(current) + 1)  # sorted: this one is the longest
-            if current and (len(current) >= policy.max_items or padded > policy.token_budget):
+            full = len(current) >= policy.forward_max_items or padded > policy.forward_token_budget
+            if current and full:
                 batches.append(current)
                 current = []
             current.append(indices[position])

@@ -19,6 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.config import get_settings
 from core.inference.preprocess import MAX_TOKENS, PREPROCESS_VERSION, normalise
 from core.inference.types import Prediction
 
@@ -38,6 +39,8 @@ BASE_MODEL_NAME = "all-minilm-l6-v2"
 BASE_MODEL_FILES = ("model.safetensors", "tokenizer.json", "vocab.txt")
 EMBEDDING_DIM = 384
 BATCH_SIZE = 64
+# Word pieces kept between count_tokens and predict: a few worker batches' worth.
+MAX_KEPT_TOKENISATIONS = 4096
 
 
 def base_model_dir() -> Path:
@@ -78,6 +81,33 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available")
     return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX. Without either, bf16 matmuls are emulated and slower than fp32."""
+    import torch
+
+    # torch exposes these probes only as private helpers (its own CPU dispatch uses them); a torch
+    # without them counts as a CPU without the instructions, which costs speed, never correctness.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype `precision` means on `device`; None is plain fp32 (no autocast)."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" and device.type == "cuda":
+        return torch.float16
+    raise ValueError(f"unsupported precision {precision!r} on {device}: use auto, fp32 or bf16")
 
 
 def load_tokenizer() -> PreTrainedTokenizerBase:
@@ -188,28 +218,54 @@ class _BatchedTransformer:
         tokenizer: PreTrainedTokenizerBase,
         model: torch.nn.Module,
         device: torch.device,
+        precision: str,
     ) -> None:
         self.name = name
         self.version = version
         self.device = device
+        # The version names weights and preprocessing, not numerics: like the device, precision is
+        # how a worker runs the model, so results cached by a bf16 worker serve an fp32 one.
+        self.autocast_dtype = resolve_precision(precision, device)
         self._tokenizer = tokenizer
+        self._tokenised: dict[str, list[int]] = {}
         self._model = model.to(device).eval()
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Word pieces per text, as the model will see them: what the engine budgets batches by."""
-        return [len(sequence) for sequence in tokenise(self._tokenizer, texts)] if texts else []
+        """Word pieces per text, as the model will see them: what the engine budgets batches by.
+
+        The engine counts a whole batch, then predicts it in passes; the word pieces are kept
+        until then so each text is tokenised once."""
+        if not texts:
+            return []
+        sequences = tokenise(self._tokenizer, texts)
+        if len(self._tokenised) > MAX_KEPT_TOKENISATIONS:  # counted but never predicted
+            self._tokenised.clear()
+        self._tokenised.update(zip(texts, sequences, strict=True))
+        return [len(sequence) for sequence in sequences]
+
+    def _tokenise(self, texts: Sequence[str]) -> list[list[int]]:
+        """Word pieces of each text: those kept by count_tokens, the rest tokenised now."""
+        kept = [self._tokenised.pop(text, None) for text in texts]
+        missing = [text for text, sequence in zip(texts, kept, strict=True) if sequence is None]
+        fresh = iter(tokenise(self._tokenizer, missing) if missing else [])
+        return [sequence if sequence is not None else next(fresh) for sequence in kept]
+
+    @property
+    def precision(self) -> str:
+        if self.autocast_dtype is None:
+            return "fp32"
+        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(self.autocast_dtype)]
 
     def _autocast(self) -> AbstractContextManager[object]:
-        """Half precision on a GPU (bf16 where the card has it, else fp16); full fp32 on CPU."""
+        """Matmuls in the half precision resolved at load; norms and softmax stay fp32."""
         import torch
 
-        if self.device.type != "cuda":
+        if self.autocast_dtype is None:
             return nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _rows(self, texts: Sequence[str]) -> list[list[float]]:
         """One output row per text, in input order."""
@@ -217,7 +273,7 @@ class _BatchedTransformer:
 
         if not texts:  # the tokenizer cannot take an empty batch
             return []
-        sequences = tokenise(self._tokenizer, texts)
+        sequences = self._tokenise(texts)
         # Sorting by length keeps similar lengths together, so each batch pads very little.
         order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
         rows: dict[int, list[float]] = {}
@@ -241,7 +297,9 @@ class SentimentTransformer(_BatchedTransformer):
         return artefact_version(SENTIMENT_ARTEFACT_DIR)
 
     @classmethod
-    def load(cls, artefact_dir: Path | None = None, device: str = "cpu") -> SentimentTransformer:
+    def load(
+        cls, artefact_dir: Path | None = None, device: str = "cpu", precision: str | None = None
+    ) -> SentimentTransformer:
         directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
         card = read_model_card(directory)
         return cls(
@@ -250,6 +308,7 @@ class SentimentTransformer(_BatchedTransformer):
             tokenizer=load_tokenizer(),
             model=_load_sentiment_model(directory),
             device=resolve_device(device),
+            precision=precision or get_settings().precision,
         )
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -277,8 +336,9 @@ class QuantizedSentimentTransformer(SentimentTransformer):
 
     @classmethod
     def load(
-        cls, artefact_dir: Path | None = None, device: str = "cpu"
+        cls, artefact_dir: Path | None = None, device: str = "cpu", precision: str | None = None
     ) -> QuantizedSentimentTransformer:
+        """`precision` is accepted for the adapter interface: INT8 kernels take fp32 inputs."""
         import torch
 
         if resolve_device(device).type != "cpu":
@@ -297,6 +357,7 @@ class QuantizedSentimentTransformer(SentimentTransformer):
             tokenizer=load_tokenizer(),
             model=quantized,
             device=resolve_device("cpu"),
+            precision="fp32",
         )
 
 
@@ -313,13 +374,14 @@ class SentenceEmbedder(_BatchedTransformer):
         return _embedder_version()
 
     @classmethod
-    def load(cls, device: str = "cpu") -> SentenceEmbedder:
+    def load(cls, device: str = "cpu", precision: str | None = None) -> SentenceEmbedder:
         return cls(
             name=BASE_MODEL_NAME,
             version=_embedder_version(),
             tokenizer=load_tokenizer(),
             model=load_encoder(),
             device=resolve_device(device),
+            precision=precision or get_settings().precision,
         )
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

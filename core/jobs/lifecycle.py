@@ -116,7 +116,7 @@ def record_results(
         if item.status not in TERMINAL_ITEM
     ]
     # One multi-row upsert, then the item updates go out together at flush (executemany).
-    written = _upsert_results(session, job, [by_id[item.id] for item in live])
+    written = upsert_results(session, job, [by_id[item.id] for item in live])
     for item in live:
         item.status = item_transition(item.status, ItemStatus.SUCCEEDED)
         item.leased_until = None
@@ -206,7 +206,7 @@ def _result_row(job: Job, claimed: ClaimedItem, output: Output) -> dict[str, Any
     }
 
 
-def _upsert_results(
+def upsert_results(
     session: Session, job: Job, outcomes: Sequence[tuple[ClaimedItem, Output]]
 ) -> int:
     """Insert result rows, skipping items that already have one; returns how many were new."""

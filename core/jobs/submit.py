@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,8 @@ from core.inference.engine import Output
 from core.inference.preprocess import normalise
 from core.inference.registry import get_task, tier_version
 from core.jobs import outbox
-from core.jobs.lifecycle import ClaimedItem, record_results
+from core.jobs.lifecycle import ClaimedItem, settle_job, upsert_results
+from core.jobs.state import ItemStatus
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
 
 PRIORITIES = ("interactive", "bulk")
@@ -110,7 +111,11 @@ def _insert(
     idempotency_key: str | None,
     request_id: str | None,
 ) -> Job:
+    """The job, its items and their outbox rows. Inputs whose result is cached for the current
+    primary model are inserted already succeeded, with their result: no message, no worker."""
     now = utcnow()
+    hashes = [input_hash(request.task, text) for text in texts]
+    cached = _cached_outputs(session, settings, request.task, hashes)
     job = Job(
         tenant_id=tenant_id,
         task=request.task,
@@ -122,13 +127,34 @@ def _insert(
         metadata_=request.metadata,
         total_items=len(texts),
     )
-    job.items = [
-        JobItem(index=i, text=text, input_hash=input_hash(request.task, text), dispatched_at=now)
-        for i, text in enumerate(texts)
-    ]
     session.add(job)
     session.flush()
-    waiting = _serve_from_cache(session, settings, job)
+    rows = [
+        {
+            "job_id": job.id,
+            "index": index,
+            "text": text,
+            "input_hash": digest,
+            "status": ItemStatus.SUCCEEDED if digest in cached else ItemStatus.QUEUED,
+            "dispatched_at": None if digest in cached else now,
+        }
+        for index, (text, digest) in enumerate(zip(texts, hashes, strict=True))
+    ]
+    # Core executemany, not ORM objects: one statement for every item (insertmanyvalues), no
+    # per-object bookkeeping. Ids come back in the rows' order.
+    statement = insert(JobItem).returning(JobItem.id, sort_by_parameter_order=True)
+    ids = session.scalars(statement, rows).all()
+    items = [
+        ClaimedItem(item_id, index, text, digest)
+        for item_id, (index, (text, digest)) in zip(
+            ids, enumerate(zip(texts, hashes, strict=True)), strict=True
+        )
+    ]
+    served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
+    if served:
+        upsert_results(session, job, served)
+        settle_job(session, job)  # every input cached: the job is done at submit time
+    waiting = [item for item in items if item.input_hash not in cached]
     if not waiting:
         return job
     outbox.add_run_items(
@@ -144,28 +170,21 @@ def _insert(
     return job
 
 
-def _serve_from_cache(session: Session, settings: Settings, job: Job) -> list[JobItem]:
-    """Finish the items whose result is cached for the current primary model; no message is
-    sent for them. Returns the items that still need a worker."""
-    primary = get_task(job.task).chain[0]
-    version = tier_version(job.task, primary.tier)
-    if version is None:
-        return list(job.items)
+def _cached_outputs(
+    session: Session, settings: Settings, task: str, hashes: list[str]
+) -> dict[str, Output]:
+    """Cached results of the current primary model for these inputs, by input hash."""
+    primary = get_task(task).chain[0]
+    version = tier_version(task, primary.tier)
+    if version is None:  # an adapter that cannot tell its version without loading: no cache
+        return {}
     cache = RedisCache.from_settings(settings.resolved_cache_url, settings.cache_ttl_seconds)
-    hits = lookup(session, cache, job.task, version, [item.input_hash for item in job.items])
-    done = [
-        (
-            ClaimedItem(item.id, item.index, item.text, item.input_hash),
-            Output(
-                hit.prediction, hit.model, hit.version, primary.tier, degraded=False, cached=True
-            ),
+    return {
+        digest: Output(
+            hit.prediction, hit.model, hit.version, primary.tier, degraded=False, cached=True
         )
-        for item in job.items
-        if (hit := hits.get(item.input_hash)) is not None
-    ]
-    if done:
-        record_results(session, job.id, done)
-    return [item for item in job.items if item.input_hash not in hits]
+        for digest, hit in lookup(session, cache, task, version, hashes).items()
+    }
 
 
 def _find_by_key(session: Session, tenant_id: int, key: str) -> Job | None:

@@ -52,7 +52,7 @@ def unique(prefix: str) -> str:
 def test_every_input_gets_one_outcome_in_order(task: object) -> None:
     name = task(**{unique("ok"): chain(("primary", "Healthy"))})  # type: ignore[operator]
     texts = ["good", "bad " * 30, "so good", "x", "a good long text " * 10]
-    outcomes = InferenceEngine(policies={"default": BatchPolicy(max_items=2)}).run(name, texts)
+    outcomes = InferenceEngine(policies={"default": BatchPolicy(forward_max_items=2)}).run(name, texts)
 
     assert [o.prediction.label for o in outcomes if isinstance(o, Output)] == [
         "positive",
@@ -63,11 +63,11 @@ def test_every_input_gets_one_outcome_in_order(task: object) -> None:
     ]
 
 
-def test_sub_batches_respect_max_items_and_the_token_budget(task: object) -> None:
+def test_forward_passes_respect_their_row_and_token_limits(task: object) -> None:
     name = task(**{unique("budget"): chain(("primary", "NeedsSmallBatches"))})  # type: ignore[operator]
     NeedsSmallBatches.calls.clear()
     texts = ["short"] * 4 + ["a much longer input text " * 8] * 2
-    policy = BatchPolicy(max_items=2, token_budget=60)
+    policy = BatchPolicy(forward_max_items=2, forward_token_budget=60)
     InferenceEngine(policies={"default": policy}).run(name, texts)
 
     # ~52 estimated tokens each for the long texts: two of them would overflow 60 tokens.
@@ -103,7 +103,7 @@ def test_a_tier_past_its_deadline_hands_the_rest_to_the_next_tier(
 ) -> None:
     monkeypatch.setenv("INFERQ_TEST_SLOW_SECONDS", "0.3")
     name = task(**{unique("slow"): chain(("primary", "Slow"), ("fallback", "Healthy"))})  # type: ignore[operator]
-    policy = BatchPolicy(max_items=1, deadline_seconds=0.1)
+    policy = BatchPolicy(forward_max_items=1, deadline_seconds=0.1)
     outcomes = InferenceEngine(policies={"default": policy}).run(name, ["a", "b", "c"])
 
     tiers = [o.tier for o in outcomes if isinstance(o, Output)]

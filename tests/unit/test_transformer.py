@@ -36,12 +36,12 @@ MIXED_LENGTHS = [
 
 @pytest.fixture(scope="module")
 def sentiment() -> Iterator[SentimentTransformer]:
-    yield SentimentTransformer.load(device="cpu")
+    yield SentimentTransformer.load(device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
 def embedder() -> Iterator[SentenceEmbedder]:
-    yield SentenceEmbedder.load(device="cpu")
+    yield SentenceEmbedder.load(device="cpu", precision="fp32")
 
 
 def test_obvious_sentiments_get_the_obvious_label(sentiment: SentimentTransformer) -> None:
@@ -129,3 +129,39 @@ def test_importing_the_adapters_does_not_import_torch() -> None:
     code = "import sys, core.inference.transformer; assert 'torch' not in sys.modules"
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from core.inference import transformer
+
+    cpu = torch.device("cpu")
+    assert transformer.resolve_precision("fp32", cpu) is None
+    assert transformer.resolve_precision("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="fp16"):
+        transformer.resolve_precision("fp16", cpu)  # CPU fp16 kernels are emulated: refuse
+    # auto follows the CPU's instructions: bf16 only where it is native, else fp32.
+    monkeypatch.setattr(transformer, "cpu_has_native_bf16", lambda: True)
+    assert transformer.resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(transformer, "cpu_has_native_bf16", lambda: False)
+    assert transformer.resolve_precision("auto", cpu) is None
+
+
+def test_bf16_keeps_sst2_accuracy_within_a_point_of_fp32(sentiment: SentimentTransformer) -> None:
+    from core.inference.evaluation import DEFAULT_SST2_DIR, evaluate_adapter
+
+    bf16 = SentimentTransformer.load(device="cpu", precision="bf16")
+    assert (bf16.precision, sentiment.precision) == ("bf16", "fp32")
+    full = evaluate_adapter(sentiment, DEFAULT_SST2_DIR)["accuracy"]
+    half = evaluate_adapter(bf16, DEFAULT_SST2_DIR)["accuracy"]
+    assert full > 0.85
+    assert abs(half - full) < 0.01
+
+
+def test_bf16_embeddings_point_the_same_way_as_fp32(embedder: SentenceEmbedder) -> None:
+    bf16 = SentenceEmbedder.load(device="cpu", precision="bf16")
+    texts = [text for text in MIXED_LENGTHS if text]
+    for full, half in zip(embedder.predict(texts), bf16.predict(texts), strict=True):
+        assert full.embedding is not None and half.embedding is not None
+        assert sum(a * b for a, b in zip(full.embedding, half.embedding, strict=True)) > 0.99

@@ -5,6 +5,7 @@
 #
 #   bench/run_all.sh                 # everything, full size
 #   N=2000 LATENCY_SECONDS=10 LATENCY_BURST=200 bench/run_all.sh   # a quick, smaller look
+#   INFERQ_PRECISION=fp32 OUT=bench/results/fp32 bench/run_all.sh     # the float model
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,10 +36,11 @@ run() {
     fi
 }
 
-run batching_gain --n "$N"
+run batching_gain --n "$N" --repeats 2
 run pipeline_efficiency --n "$N" --bare-repeats 2
 run cache --n "$N"
 run latency --n "$LATENCY_BURST" --seconds "$LATENCY_SECONDS"
+run precision --n "$((N < 2000 ? N : 2000))"
 
 if ((${#failed[@]})); then
     echo "failed: ${failed[*]}" >&2

@@ -26,6 +26,10 @@ from schemas.problem import Problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
+POLL_FIRST_SECONDS = 0.05
+POLL_FAST_FOR_SECONDS = 2.0
+POLL_SLOWEST_SECONDS = 0.5
+
 PROBLEMS: dict[int | str, dict[str, object]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
     for code in (401, 404, 409, 413, 422)
@@ -68,14 +72,19 @@ async def read_job(
 ) -> JobOut:
     if wait > settings.max_wait_seconds:
         raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
-    deadline = time.monotonic() + wait
-    delay = 0.05
-    # Poll the job's status alone; read the items and results once, when it is time to answer.
+    started = time.monotonic()
+    deadline = started + wait
+    # Poll the job's status alone (a primary-key read); read the items and results once, when it
+    # is time to answer. Every 50 ms for the first two seconds, where interactive jobs finish, so
+    # the answer trails the result by at most 50 ms; then backing off to every 500 ms.
+    delay = POLL_FIRST_SECONDS
     while await run_in_threadpool(_status, database, tenant_id, job_id) not in TERMINAL_JOB:
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             break
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.5)
+        await asyncio.sleep(min(delay, deadline - now))
+        if now - started >= POLL_FAST_FOR_SECONDS:
+            delay = min(delay * 2, POLL_SLOWEST_SECONDS)
     return await run_in_threadpool(_read, database, tenant_id, job_id)
 
 

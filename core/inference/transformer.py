@@ -327,7 +327,7 @@ class QuantizedSentimentTransformer(SentimentTransformer):
     """The primary model with INT8 dynamic quantisation of its Linear layers, for CPU workers.
 
     Select it per deployment with INFERQ_TASKS; its version differs from the float model's, so
-    the two never share cached results. bench/quantized.py measures accuracy and speed.
+    the two never share cached results. bench/precision.py measures accuracy and speed.
     """
 
     @classmethod

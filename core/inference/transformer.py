@@ -143,6 +143,13 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
+def full_precision(device: torch.device) -> AbstractContextManager[object]:
+    """Turn autocast off inside a half-precision forward pass (pooling, heads, normalising)."""
+    import torch
+
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def load_encoder() -> torch.nn.Module:
     from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
@@ -171,8 +178,11 @@ def _classifier_type() -> type[torch.nn.Module]:
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
-            pooled = mean_pool(hidden.last_hidden_state, attention_mask)
-            logits: torch.Tensor = self.classifier(self.dropout(pooled))
+            # The head runs in fp32 even under half-precision autocast: scores stay smooth
+            # probabilities that sum to 1, not bf16 steps of 1/256.
+            with full_precision(input_ids.device):
+                pooled = mean_pool(hidden.last_hidden_state.float(), attention_mask)
+                logits: torch.Tensor = self.classifier(self.dropout(pooled))
             return logits
 
     return MeanPoolClassifier
@@ -312,7 +322,7 @@ class SentimentTransformer(_BatchedTransformer):
         )
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._model(input_ids, attention_mask).softmax(dim=-1)  # type: ignore[no-any-return]
+        return self._model(input_ids, attention_mask).float().softmax(dim=-1)  # type: ignore[no-any-return]
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         predictions = []
@@ -388,7 +398,9 @@ class SentenceEmbedder(_BatchedTransformer):
         import torch
 
         hidden = self._model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return torch.nn.functional.normalize(mean_pool(hidden, attention_mask), p=2, dim=-1)
+        with full_precision(self.device):  # unit vectors to fp32 accuracy, whatever the precision
+            pooled = mean_pool(hidden.float(), attention_mask)
+            return torch.nn.functional.normalize(pooled, p=2, dim=-1)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         return [Prediction(embedding=row) for row in self._rows(texts)]

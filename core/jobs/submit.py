@@ -20,7 +20,7 @@ from core.inference.engine import Output
 from core.inference.preprocess import normalise
 from core.inference.registry import get_task, tier_version
 from core.jobs import outbox
-from core.jobs.lifecycle import ClaimedItem, settle_job, upsert_results
+from core.jobs.lifecycle import ClaimedItem, insert_results, settle_job
 from core.jobs.state import ItemStatus
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
 
@@ -152,7 +152,7 @@ def _insert(
     ]
     served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
     if served:
-        upsert_results(session, job, served)
+        insert_results(session, job, served)
         settle_job(session, job)  # every input cached: the job is done at submit time
     waiting = [item for item in items if item.input_hash not in cached]
     if not waiting:

@@ -159,9 +159,20 @@ def test_bf16_keeps_sst2_accuracy_within_a_point_of_fp32(sentiment: SentimentTra
     assert abs(half - full) < 0.01
 
 
-def test_bf16_embeddings_point_the_same_way_as_fp32(embedder: SentenceEmbedder) -> None:
+def test_bf16_scores_are_fp32_probabilities_close_to_the_fp32_model(
+    sentiment: SentimentTransformer,
+) -> None:
+    bf16 = SentimentTransformer.load(device="cpu", precision="bf16")
+    for full, half in zip(sentiment.predict(MIXED_LENGTHS), bf16.predict(MIXED_LENGTHS), strict=True):
+        assert half.scores is not None
+        assert math.isclose(sum(half.scores.values()), 1.0, rel_tol=1e-6)  # the head ran in fp32
+        assert half.score == pytest.approx(full.score, abs=0.05)
+
+
+def test_bf16_embeddings_are_unit_vectors_pointing_as_fp32_ones(embedder: SentenceEmbedder) -> None:
     bf16 = SentenceEmbedder.load(device="cpu", precision="bf16")
     texts = [text for text in MIXED_LENGTHS if text]
     for full, half in zip(embedder.predict(texts), bf16.predict(texts), strict=True):
         assert full.embedding is not None and half.embedding is not None
+        assert math.sqrt(sum(x * x for x in half.embedding)) == pytest.approx(1.0, abs=1e-5)
         assert sum(a * b for a, b in zip(full.embedding, half.embedding, strict=True)) > 0.99

@@ -124,7 +124,10 @@ def machine_facts() -> dict[str, Any]:
             if key.startswith("INFERQ_") and not key.endswith("_URL")
         },
         "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        # The records this run rewrites (bench/results) do not make the code dirty.
+        "git_dirty": bool(
+            _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+        ),
     }
 
 

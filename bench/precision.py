@@ -33,7 +33,9 @@ from core.inference.types import Prediction
 BATCH = 64
 
 
-def throughput(predict: Callable[[Sequence[str]], list[Prediction]], batches: list[list[str]]) -> float:
+def throughput(
+    predict: Callable[[Sequence[str]], list[Prediction]], batches: list[list[str]]
+) -> float:
     started = time.perf_counter()
     produced = sum(len(predict(batch)) for batch in batches)
     return rate(produced, time.perf_counter() - started)
@@ -68,7 +70,9 @@ def main() -> None:
         accuracy = evaluate_adapter(model, DEFAULT_SST2_DIR)["accuracy"]
         single = throughput(model.predict, [[text] for text in texts[: args.single]])
         batched = throughput(model.predict, chunked(texts, BATCH))
-        log(f"{name}: accuracy {accuracy:.4f}, 1 at a time {single:.1f}/s, x{BATCH} {batched:.1f}/s")
+        log(
+            f"{name}: accuracy {accuracy:.4f}, 1 at a time {single:.1f}/s, x{BATCH} {batched:.1f}/s"
+        )
         results["variants"][name] = {
             "version": model.version,
             "sst2_test_accuracy": round(accuracy, 4),

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -150,6 +151,26 @@ def test_the_same_text_is_served_from_the_cache_across_jobs(deployment: Deployme
     assert cached["cached"] is True and fresh["cached"] is False
     assert cached["label"] == first["results"][0]["label"]  # type: ignore[index]
     assert cached["version"] == first["results"][0]["version"]  # type: ignore[index]
+
+
+def test_a_text_cached_through_http_is_served_cached_to_a_bulk_file(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    text = f"a tender , wry and wholly absorbing film {uuid.uuid4()}"
+    with deployment.client() as client:
+        first = run_job(client, "sentiment", [text])
+    source, results = tmp_path / "nightly.jsonl", tmp_path / "results.jsonl"
+    source.write_text(json.dumps({"id": "doc-1", "text": f"  {text} "}) + "\n", encoding="utf-8")
+
+    deployment.stack.run("process", str(source), "--task", "sentiment", "--output", str(results))
+
+    (line,) = [json.loads(row) for row in results.read_text(encoding="utf-8").splitlines()]
+    assert first["results"][0]["cached"] is False  # type: ignore[index]
+    assert line["id"] == "doc-1" and line["cached"] is True  # the same entry, another door
+    assert (line["label"], line["version"]) == (
+        first["results"][0]["label"],  # type: ignore[index]
+        first["results"][0]["version"],  # type: ignore[index]
+    )
 
 
 def test_interactive_work_overtakes_a_bulk_backlog_which_still_finishes(

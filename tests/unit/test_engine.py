@@ -52,7 +52,9 @@ def unique(prefix: str) -> str:
 def test_every_input_gets_one_outcome_in_order(task: object) -> None:
     name = task(**{unique("ok"): chain(("primary", "Healthy"))})  # type: ignore[operator]
     texts = ["good", "bad " * 30, "so good", "x", "a good long text " * 10]
-    outcomes = InferenceEngine(policies={"default": BatchPolicy(forward_max_items=2)}).run(name, texts)
+    outcomes = InferenceEngine(policies={"default": BatchPolicy(forward_max_items=2)}).run(
+        name, texts
+    )
 
     assert [o.prediction.label for o in outcomes if isinstance(o, Output)] == [
         "positive",

@@ -163,7 +163,9 @@ def test_bf16_scores_are_fp32_probabilities_close_to_the_fp32_model(
     sentiment: SentimentTransformer,
 ) -> None:
     bf16 = SentimentTransformer.load(device="cpu", precision="bf16")
-    for full, half in zip(sentiment.predict(MIXED_LENGTHS), bf16.predict(MIXED_LENGTHS), strict=True):
+    for full, half in zip(
+        sentiment.predict(MIXED_LENGTHS), bf16.predict(MIXED_LENGTHS), strict=True
+    ):
         assert half.scores is not None
         assert math.isclose(sum(half.scores.values()), 1.0, rel_tol=1e-6)  # the head ran in fp32
         assert half.score == pytest.approx(full.score, abs=0.05)

@@ -36,7 +36,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import redis
 
 from tests import services
 
@@ -408,14 +407,8 @@ def fresh_postgres_database() -> Iterator[str]:
 
 @contextmanager
 def fresh_redis_db() -> Iterator[str]:
-    url = f"{REDIS_HOST_URL}/{REDIS_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with services.fresh_redis_db(REDIS_DB, REDIS_HOST_URL) as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 def stack_env(

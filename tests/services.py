@@ -49,8 +49,9 @@ def fresh_postgres_database(
 
 
 @contextmanager
-def fresh_redis_db(db: int) -> Iterator[str]:
-    url = f"{REDIS_BASE}/{db}"
+def fresh_redis_db(db: int, base_url: str = REDIS_BASE) -> Iterator[str]:
+    """Redis database `db`, flushed before and after (tests and benchmarks own their numbers)."""
+    url = f"{base_url}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:

@@ -145,10 +145,8 @@ def _insert(
     statement = insert(JobItem).returning(JobItem.id, sort_by_parameter_order=True)
     ids = session.scalars(statement, rows).all()
     items = [
-        ClaimedItem(item_id, index, text, digest)
-        for item_id, (index, (text, digest)) in zip(
-            ids, enumerate(zip(texts, hashes, strict=True)), strict=True
-        )
+        ClaimedItem(item_id, index, texts[index], hashes[index])
+        for index, item_id in enumerate(ids)
     ]
     served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
     if served:

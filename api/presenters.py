@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from core.db.models import Job
-from core.jobs.presenters import result_out
 from core.jobs.queries import JobView
 from core.jobs.state import ItemStatus
 from schemas.jobs import Counts, ItemError, JobOut, JobSummary
@@ -37,7 +36,7 @@ def job_out(view: JobView) -> JobOut:
             cancelled=counts.get(ItemStatus.CANCELLED, 0),
             pending=view.job.total_items - done,
         ),
-        results=[result_out(item) for item in view.items if item.result is not None],
+        results=[item.result for item in view.items if item.result is not None],
         errors=[
             ItemError(index=item.index, status=item.status, error=item.error)
             for item in view.items

@@ -136,6 +136,9 @@ def write_results(
     return tally
 
 
+TASK_OUTPUTS = ("scores", "embedding")
+
+
 def _result_lines(
     database: Database, tenant_id: int, jobs: list[uuid.UUID]
 ) -> Iterator[dict[str, Any]]:
@@ -146,14 +149,6 @@ def _result_lines(
                 if item.result is None:
                     yield {"error": item.error or f"item is {item.status}"}
                     continue
-                result = item.result
-                yield {
-                    "label": result.label,
-                    "score": result.score,
-                    **(result.output or {}),
-                    "model": result.model,
-                    "version": result.version,
-                    "tier": result.tier,
-                    "degraded": result.degraded,
-                    "cached": result.cached,
-                }
+                # The task's own output (scores or embedding) only where the task has one.
+                fields = item.result.model_dump(exclude={"index"})
+                yield {k: v for k, v in fields.items() if v is not None or k not in TASK_OUTPUTS}

@@ -114,7 +114,7 @@ def result_record(session: Session, payload: dict[str, Any]) -> Outgoing | None:
 def _kafka_result(message_id: str, job: Job) -> KafkaResult:
     # A Kafka request is one text, so its job has exactly one item.
     item = job.items[0]
-    result = result_out(item) if item.result is not None else None
+    result = result_out(item.index, item.result) if item.result is not None else None
     error = None if result is not None else (item.error or job.error or f"input is {item.status}")
     return KafkaResult(
         id=message_id,

@@ -59,7 +59,8 @@ def create_job(
         JOBS_SUBMITTED.labels(body.task, "http").inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    return job_out(get_job(session, tenant_id, job_id))
+    # A new job is answered from what was just written; an earlier one is read back.
+    return job_out(submitted.written or get_job(session, tenant_id, job_id))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=PROBLEMS)

@@ -14,9 +14,9 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from core.db.bulk import insert_rows
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
 from core.jobs import outbox
@@ -184,7 +184,7 @@ def _fail(item: JobItem, reason: str) -> None:
     item.leased_until = None
 
 
-def _result_row(job: Job, claimed: ClaimedItem, output: Output) -> dict[str, Any]:
+def _result_row(claimed: ClaimedItem, output: Output) -> dict[str, Any]:
     prediction = output.prediction
     extra = {
         key: value
@@ -193,8 +193,6 @@ def _result_row(job: Job, claimed: ClaimedItem, output: Output) -> dict[str, Any
     }
     return {
         "item_id": claimed.id,
-        "job_id": job.id,
-        "task": job.task,
         "input_hash": claimed.input_hash,
         "model": output.model,
         "version": output.version,
@@ -204,7 +202,6 @@ def _result_row(job: Job, claimed: ClaimedItem, output: Output) -> dict[str, Any
         "label": prediction.label,
         "score": prediction.score,
         "output": extra or None,
-        "created_at": utcnow(),
     }
 
 
@@ -213,12 +210,6 @@ def insert_results(
 ) -> None:
     """Insert one result row per outcome. Callers hold the items' locks and pass only items
     that have no result yet; the unique item_id with DO NOTHING stays as the last guard."""
-    if not outcomes:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    # Rows as parameters of one statement without RETURNING: the driver's executemany (psycopg
-    # pipelines one prepared statement). A multi-row VALUES with RETURNING made psycopg parse a
-    # 3,000-placeholder query on every call, which was half the time of a cached submit.
-    statement = insert(Result).on_conflict_do_nothing(index_elements=["item_id"])
-    session.execute(statement, [_result_row(job, claimed, output) for claimed, output in outcomes])
+    rows = [_result_row(claimed, output) for claimed, output in outcomes]
+    shared = {"job_id": job.id, "task": job.task, "created_at": utcnow()}
+    insert_rows(session, Result, rows, shared=shared, skip_conflicts_on=["item_id"])

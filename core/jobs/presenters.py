@@ -1,17 +1,38 @@
-"""Stored results as the wire shape every door returns (HTTP responses, Kafka result records)."""
+"""Results as the wire shape every door returns (HTTP responses, Kafka result records)."""
 
 from __future__ import annotations
 
-from core.db.models import JobItem
+from typing import Any, Protocol
+
+from core.inference.engine import Output
 from schemas.jobs import ResultOut
 
 
-def result_out(item: JobItem) -> ResultOut:
-    result = item.result
-    assert result is not None
+class StoredResult(Protocol):
+    """A result row: the ORM object, or a row selected with the same column names."""
+
+    @property
+    def label(self) -> str | None: ...
+    @property
+    def score(self) -> float | None: ...
+    @property
+    def output(self) -> dict[str, Any] | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def degraded(self) -> bool: ...
+    @property
+    def cached(self) -> bool: ...
+
+
+def result_out(index: int, result: StoredResult) -> ResultOut:
     extra = result.output or {}
     return ResultOut(
-        index=item.index,
+        index=index,
         label=result.label,
         score=result.score,
         scores=extra.get("scores"),
@@ -21,4 +42,21 @@ def result_out(item: JobItem) -> ResultOut:
         tier=result.tier,
         degraded=result.degraded,
         cached=result.cached,
+    )
+
+
+def output_out(index: int, output: Output) -> ResultOut:
+    """A result as the engine or the cache produced it, before it is read back."""
+    prediction = output.prediction
+    return ResultOut(
+        index=index,
+        label=prediction.label,
+        score=prediction.score,
+        scores=prediction.scores,
+        embedding=prediction.embedding,
+        model=output.model,
+        version=output.version,
+        tier=output.tier,
+        degraded=output.degraded,
+        cached=output.cached,
     )

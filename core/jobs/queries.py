@@ -5,48 +5,79 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
 
-from core.db.models import Job, JobItem
+from core.db.models import Job, JobItem, Result
 from core.errors import InvalidInput, NotFound
+from core.jobs.presenters import result_out
 from core.jobs.state import JobStatus
+from schemas.jobs import ResultOut
+
+
+@dataclass(frozen=True)
+class ItemView:
+    index: int
+    status: str
+    error: str | None
+    result: ResultOut | None
 
 
 @dataclass(frozen=True)
 class JobView:
     job: Job
-    counts: dict[str, int]
-    items: list[JobItem]
+    items: list[ItemView]  # in input order
+
+    @property
+    def counts(self) -> Counter[str]:
+        return Counter(item.status for item in self.items)
 
 
-def get_job(
-    session: Session, tenant_id: int, job_id: uuid.UUID, *, with_items: bool = True
-) -> JobView:
+def get_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> JobView:
+    """The job with every input's status and result: one query for the job, one for its items
+    joined to their results, read as plain rows (ORM objects cost ~10 ms per 256 inputs)."""
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.tenant_id != tenant_id:
         raise NotFound(f"job {job_id} not found")
     rows = session.execute(
-        select(JobItem.status, func.count())
-        .where(JobItem.job_id == job_id)
-        .group_by(JobItem.status)
-    ).tuples()
-    counts = {status: count for status, count in rows}
-    items: list[JobItem] = []
-    if with_items:
-        items = list(
-            session.scalars(
-                select(JobItem)
-                .where(JobItem.job_id == job_id)
-                .order_by(JobItem.index)
-                .options(selectinload(JobItem.result))
-                .execution_options(populate_existing=True)
-            )
+        # "position", not "index": a row is a tuple, and tuples have an index() method.
+        select(
+            JobItem.index.label("position"),
+            JobItem.status,
+            JobItem.error,
+            Result.id.label("result_id"),
         )
-    return JobView(job, counts, items)
+        .add_columns(*_RESULT_COLUMNS)
+        .outerjoin(Result, Result.item_id == JobItem.id)
+        .where(JobItem.job_id == job_id)
+        .order_by(JobItem.index)
+    )
+    items = [
+        ItemView(
+            row.position,
+            row.status,
+            row.error,
+            result_out(row.position, row) if row.result_id is not None else None,
+        )
+        for row in rows
+    ]
+    return JobView(job, items)
+
+
+_RESULT_COLUMNS = (
+    Result.label,
+    Result.score,
+    Result.output,
+    Result.model,
+    Result.version,
+    Result.tier,
+    Result.degraded,
+    Result.cached,
+)
 
 
 def job_status(session: Session, tenant_id: int, job_id: uuid.UUID) -> str:

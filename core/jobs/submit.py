@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.config import Settings
+from core.db.bulk import insert_rows
 from core.db.models import Job, JobItem, utcnow
 from core.errors import IdempotencyConflict, InvalidInput
 from core.inference.cache import RedisCache, lookup
@@ -21,6 +23,8 @@ from core.inference.preprocess import normalise
 from core.inference.registry import get_task, tier_version
 from core.jobs import outbox
 from core.jobs.lifecycle import ClaimedItem, insert_results, settle_job
+from core.jobs.presenters import output_out
+from core.jobs.queries import ItemView, JobView
 from core.jobs.state import ItemStatus
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
 
@@ -54,6 +58,8 @@ class JobRequest:
 class Submitted:
     job: Job
     created: bool  # False when an earlier job with the same idempotency key was returned
+    # The new job as written (read nothing back to answer); None for an earlier job.
+    written: JobView | None = None
 
 
 def input_hash(task: str, text: str) -> str:
@@ -82,7 +88,7 @@ def submit_job(
             return Submitted(_same_request(earlier, fingerprint), created=False)
     try:
         with session.begin_nested():
-            job = _insert(
+            written = _insert(
                 session,
                 settings,
                 tenant_id,
@@ -98,7 +104,7 @@ def submit_job(
         if earlier is None:
             raise
         return Submitted(_same_request(earlier, fingerprint), created=False)
-    return Submitted(job, created=True)
+    return Submitted(written.job, created=True, written=written)
 
 
 def _insert(
@@ -110,7 +116,7 @@ def _insert(
     fingerprint: str,
     idempotency_key: str | None,
     request_id: str | None,
-) -> Job:
+) -> JobView:
     """The job, its items and their outbox rows. Inputs whose result is cached for the current
     primary model are inserted already succeeded, with their result: no message, no worker."""
     now = utcnow()
@@ -129,9 +135,43 @@ def _insert(
     )
     session.add(job)
     session.flush()
+    items = _insert_items(session, job, texts, hashes, cached, now)
+    served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
+    if served:
+        insert_results(session, job, served)
+        settle_job(session, job)  # every input cached: the job is done at submit time
+        session.flush()
+    waiting = [item for item in items if item.input_hash not in cached]
+    if waiting:
+        outbox.add_run_items(
+            session,
+            str(job.id),
+            [item.id for item in waiting],
+            task=request.task,
+            tokens=[outbox.estimate_tokens(item.text) for item in waiting],
+            queue=request.priority,
+            chunk_size=settings.chunk_size,
+            request_id=request_id,
+        )
+    views = [
+        ItemView(index, ItemStatus.SUCCEEDED, None, output_out(index, output))
+        if (output := cached.get(digest)) is not None
+        else ItemView(index, ItemStatus.QUEUED, None, None)
+        for index, digest in enumerate(hashes)
+    ]
+    return JobView(job, views)
+
+
+def _insert_items(
+    session: Session,
+    job: Job,
+    texts: list[str],
+    hashes: list[str],
+    cached: dict[str, Output],
+    now: datetime,
+) -> list[ClaimedItem]:
     rows = [
         {
-            "job_id": job.id,
             "index": index,
             "text": text,
             "input_hash": digest,
@@ -140,32 +180,13 @@ def _insert(
         }
         for index, (text, digest) in enumerate(zip(texts, hashes, strict=True))
     ]
-    # Core executemany, not ORM objects: one statement for every item (insertmanyvalues), no
-    # per-object bookkeeping. Ids come back in the rows' order.
-    statement = insert(JobItem).returning(JobItem.id, sort_by_parameter_order=True)
-    ids = session.scalars(statement, rows).all()
-    items = [
-        ClaimedItem(item_id, index, texts[index], hashes[index])
-        for index, item_id in enumerate(ids)
-    ]
-    served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
-    if served:
-        insert_results(session, job, served)
-        settle_job(session, job)  # every input cached: the job is done at submit time
-    waiting = [item for item in items if item.input_hash not in cached]
-    if not waiting:
-        return job
-    outbox.add_run_items(
-        session,
-        str(job.id),
-        [item.id for item in waiting],
-        task=request.task,
-        tokens=[outbox.estimate_tokens(item.text) for item in waiting],
-        queue=request.priority,
-        chunk_size=settings.chunk_size,
-        request_id=request_id,
-    )
-    return job
+    ids = [0] * len(rows)
+    returning = [JobItem.id, JobItem.index]
+    for item_id, index in insert_rows(
+        session, JobItem, rows, shared={"job_id": job.id}, returning=returning
+    ):
+        ids[index] = item_id
+    return [ClaimedItem(ids[i], i, texts[i], hashes[i]) for i in range(len(rows))]
 
 
 def _cached_outputs(

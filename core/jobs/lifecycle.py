@@ -117,6 +117,7 @@ def claim_items(
         return None
     now = utcnow()
     claimed: list[ClaimedItem] = []
+    gave_up = False
     for item in _locked_rows(session, job_id, item_ids, _CLAIM_COLUMNS):
         lease_over = item.leased_until is None or item.leased_until <= now
         if item.status == ItemStatus.RUNNING and not lease_over:
@@ -128,9 +129,9 @@ def claim_items(
                 f"gave up after {item.attempts} attempts; last error: "
                 f"{item.error or 'the worker holding it stopped (lease expired)'}"
             )
-            _set_items(
-                session, [item.id], status=item_transition(item.status, FAILED), error=reason
-            )
+            failed = item_transition(item.status, FAILED)
+            _set_items(session, [item.id], status=failed, error=reason)
+            gave_up = True
             continue
         item_transition(item.status, RUNNING)
         claimed.append(ClaimedItem(item.id, item.position, item.text, item.input_hash))
@@ -143,7 +144,8 @@ def claim_items(
     )
     if claimed and job.status == JobStatus.QUEUED:
         job.status = job_transition(job.status, JobStatus.RUNNING)
-    settle_job(session, job)
+    if gave_up:  # the only way a claim finishes an item, and so perhaps the job
+        settle_job(session, job)
     return Claim(job.id, job.task, job.priority, claimed)
 
 

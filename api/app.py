@@ -17,6 +17,7 @@ from core.broker import get_celery
 from core.config import Settings, get_settings
 from core.db.session import Database
 from core.inference.circuit import CircuitPolicy, Circuits
+from core.jobs.finished import FinishedJobs
 from core.telemetry.logging import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -34,10 +35,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.circuits = Circuits(
             CircuitPolicy.from_settings(settings), settings.resolved_cache_url
         )
+        app.state.finished_jobs = None
+        if not app.state.database.is_sqlite:
+            app.state.finished_jobs = FinishedJobs(settings.resolved_database_url)
+            app.state.finished_jobs.start()
         log.info(
             "api_started", embedded=settings.embedded, keys_required=settings.api_keys_required
         )
         yield
+        if app.state.finished_jobs is not None:
+            await app.state.finished_jobs.stop()
         app.state.database.dispose()
 
     app = FastAPI(

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.db.session import Database
+from core.jobs.finished import FinishedJobs
 from core.security import authenticate, local_tenant_id
 
 
@@ -21,6 +22,11 @@ def get_settings(request: Request) -> Settings:
 def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
+
+
+def get_finished_jobs(request: Request) -> FinishedJobs | None:
+    finished: FinishedJobs | None = request.app.state.finished_jobs
+    return finished
 
 
 def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
@@ -50,3 +56,4 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 TenantDep = Annotated[int, Depends(get_tenant)]
+FinishedJobsDep = Annotated[FinishedJobs | None, Depends(get_finished_jobs)]

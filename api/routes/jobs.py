@@ -12,11 +12,12 @@ from asgi_correlation_id import correlation_id
 from fastapi import APIRouter, Header, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
+from api.deps import DatabaseDep, FinishedJobsDep, SessionDep, SettingsDep, TenantDep
 from api.presenters import job_out, job_summary
 from core.db.session import Database
 from core.errors import InvalidInput
 from core.jobs.cancel import cancel_job
+from core.jobs.finished import Watch
 from core.jobs.queries import get_job, job_status, list_jobs
 from core.jobs.state import TERMINAL_JOB, JobStatus
 from core.jobs.submit import JobRequest, submit_job
@@ -29,6 +30,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 POLL_FIRST_SECONDS = 0.05
 POLL_FAST_FOR_SECONDS = 2.0
 POLL_SLOWEST_SECONDS = 0.5
+POLL_LISTENING_SECONDS = 2.0
 
 PROBLEMS: dict[int | str, dict[str, object]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
@@ -69,24 +71,44 @@ async def read_job(
     database: DatabaseDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
+    finished_jobs: FinishedJobsDep,
     wait: Annotated[float, Query(ge=0, description="Long-poll up to this many seconds.")] = 0,
 ) -> JobOut:
     if wait > settings.max_wait_seconds:
         raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
+    deadline = time.monotonic() + wait
+    if wait > 0 and finished_jobs is not None:
+        async with finished_jobs.watch(job_id) as watch:
+            await _long_poll(database, tenant_id, job_id, deadline, watch)
+    elif wait > 0:
+        await _long_poll(database, tenant_id, job_id, deadline, None)
+    return await run_in_threadpool(_read, database, tenant_id, job_id)
+
+
+async def _long_poll(
+    database: Database,
+    tenant_id: int,
+    job_id: uuid.UUID,
+    deadline: float,
+    watch: Watch | None,
+) -> None:
+    """Until the job is terminal or the deadline. The status read (a primary-key read) is the
+    truth. With PostgreSQL's announcements the wait ends the moment the job finishes, and the
+    status is re-read only every POLL_LISTENING_SECONDS in case one was missed. Without them
+    (SQLite, or the listener reconnecting): every 50 ms for the first two seconds, where
+    interactive jobs finish, then backing off to every 500 ms."""
     started = time.monotonic()
-    deadline = started + wait
-    # Poll the job's status alone (a primary-key read); read the items and results once, when it
-    # is time to answer. Every 50 ms for the first two seconds, where interactive jobs finish, so
-    # the answer trails the result by at most 50 ms; then backing off to every 500 ms.
     delay = POLL_FIRST_SECONDS
     while await run_in_threadpool(_status, database, tenant_id, job_id) not in TERMINAL_JOB:
         now = time.monotonic()
         if now >= deadline:
-            break
+            return
+        if watch is not None and watch.live:
+            await watch.wait(min(POLL_LISTENING_SECONDS, deadline - now))
+            continue
         await asyncio.sleep(min(delay, deadline - now))
         if now - started >= POLL_FAST_FOR_SECONDS:
             delay = min(delay * 2, POLL_SLOWEST_SECONDS)
-    return await run_in_threadpool(_read, database, tenant_id, job_id)
 
 
 def _status(database: Database, tenant_id: int, job_id: uuid.UUID) -> str:

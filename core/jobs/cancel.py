@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from core.db.models import Job, JobItem, utcnow
 from core.errors import NotFound
+from core.jobs.finished import announce_finished
 from core.jobs.lifecycle import lock_job
 from core.jobs.state import ItemStatus, JobStatus, job_transition
 
@@ -25,4 +26,5 @@ def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> Job:
         .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.QUEUED)
         .values(status=ItemStatus.CANCELLED, error="cancelled before it ran", updated_at=utcnow())
     )
+    announce_finished(session, job_id)
     return job

@@ -20,6 +20,7 @@ from core.db.bulk import among, insert_rows
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
 from core.jobs import outbox
+from core.jobs.finished import announce_finished
 from core.jobs.state import (
     TERMINAL_ITEM,
     TERMINAL_JOB,
@@ -216,6 +217,7 @@ def settle_job(session: Session, job: Job) -> None:
         if target == JobStatus.FAILED:
             job.error = "every input failed; see each input's error"
         outbox.add_kafka_result(session, job)
+        announce_finished(session, job.id)
 
 
 def retire(item: JobItem) -> None:

@@ -82,13 +82,36 @@ def keys_create(name: str) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="API processes (distributed mode; one per core at most).")
+    ] = 1,
 ) -> None:
     """Run the HTTP API (embedded mode also runs a worker and the beat schedule in-process)."""
     import uvicorn
 
+    settings = _setup()
+    if workers > 1:
+        if settings.embedded:
+            raise typer.BadParameter(
+                "--workers needs distributed mode (INFERQ_DATABASE_URL and INFERQ_BROKER_URL): "
+                "embedded mode runs its one worker inside the API process",
+                param_hint="--workers",
+            )
+        # One process serves only its share of the requests, so /metrics must add up every
+        # process's counters: prometheus_client's multiprocess mode, set before it is imported
+        # (each API process imports it afresh from the app's import string).
+        _metrics_dir_for("api-metrics", settings)
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+        )
+        return
     from api.app import create_app
 
-    settings = _setup()
     with ExitStack() as stack:
         if settings.embedded:
             upgrade_database(settings)
@@ -96,6 +119,17 @@ def serve(
 
             stack.enter_context(running_worker(settings.data_dir))
         uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+
+
+def _metrics_dir_for(name: str, settings: Settings) -> None:
+    """PROMETHEUS_MULTIPROC_DIR for this process and its children, unless already set: a fresh
+    folder under the data directory (the client's docs: wipe it between runs)."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    metrics_dir = settings.data_dir / name
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
 
 
 @app.command()
@@ -110,11 +144,7 @@ def worker(
     settings = _setup()
     # Pool children record metrics into files here; the main process serves them all on
     # INFERQ_METRICS_PORT. prometheus_client reads this variable when it is first imported.
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        metrics_dir = settings.data_dir / "worker-metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)  # the client's docs: wipe between runs
-        metrics_dir.mkdir(parents=True)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    _metrics_dir_for("worker-metrics", settings)
     processes = concurrency or settings.resolved_worker_concurrency
     os.environ["INFERQ_WORKER_CONCURRENCY"] = str(processes)  # pool children size torch threads
     get_settings.cache_clear()

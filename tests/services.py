@@ -108,7 +108,7 @@ class Stack:
         port = free_port()
         self.start("api", "serve", "--port", str(port))
         self.api_url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _healthy(self.api_url), 60, "the API to answer /healthz", self, "api")
+        wait_for(lambda: healthy(self.api_url), 60, "the API to answer /healthz", self, "api")
         return self.api_url
 
     def start_worker(self, name: str = "worker", concurrency: int = 1) -> subprocess.Popen[bytes]:
@@ -141,7 +141,7 @@ class Stack:
                     process.wait(timeout=10)
 
 
-def _healthy(url: str | None) -> bool:
+def healthy(url: str | None) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:

@@ -3,6 +3,10 @@ real transformer, and beat — each a separate `inferq` process."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.conftest import Deployment
+from tests.services import free_port, healthy, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +219,54 @@ def test_worker_exports_prometheus_metrics_of_its_pool(deployment: Deployment) -
         and 'tier="primary"' in line
     ]
     assert finished and float(finished[0].rsplit(" ", 1)[1]) >= 1
+
+
+def test_several_api_processes_serve_jobs_and_add_up_their_metrics(
+    deployment: Deployment,
+) -> None:
+    stack = deployment.stack
+    port = free_port()
+    api = stack.start("api-workers", "serve", "--workers", "2", "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: healthy(url), 60, "`inferq serve --workers 2`", stack, "api-workers")
+        headers = {"Authorization": f"Bearer {deployment.key}"}
+        jobs = []
+        for n in range(6):  # a connection each: the kernel hands them to either process
+            with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+                body = {"task": "sentiment", "inputs": [f"{POSITIVE} {uuid.uuid4()} {n}"]}
+                response = client.post("/v1/jobs", json=body)
+                assert response.status_code == 202, response.text
+                jobs.append(response.json()["id"])
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            statuses = [
+                client.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()["status"]
+                for job_id in jobs
+            ]
+        processes = Path(f"/proc/{api.pid}/task/{api.pid}/children").read_text().split()
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    finally:
+        stack.kill("api-workers", signal.SIGTERM)
+
+    assert statuses == ["succeeded"] * 6
+    assert len(processes) >= 2, "uvicorn should have started two API processes"
+    submitted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("inferq_jobs_submitted_total{") and 'door="http"' in line
+    ]
+    assert submitted == [6.0], metrics  # both processes' counts, added up
+
+
+def test_several_api_processes_need_distributed_mode(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "core.cli", "serve", "--workers", "2"],
+        env={**env, "INFERQ_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--workers needs distributed mode" in done.stderr

@@ -18,6 +18,7 @@ from core.config import Settings, get_settings
 from core.db.session import Database
 from core.inference.circuit import CircuitPolicy, Circuits
 from core.jobs.finished import FinishedJobs
+from core.security import KeyCache
 from core.telemetry.logging import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_format, extra=[_request_id])
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
+        app.state.api_keys = KeyCache(settings.api_key_cache_seconds)
         app.state.celery = get_celery()
         app.state.circuits = Circuits(
             CircuitPolicy.from_settings(settings), settings.resolved_cache_url

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db.session import Database
 from core.jobs.finished import FinishedJobs
-from core.security import authenticate, local_tenant_id
+from core.security import KeyCache, local_tenant_id
 
 
 def get_settings(request: Request) -> Settings:
@@ -37,6 +37,7 @@ def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterato
 
 
 def get_tenant(
+    request: Request,
     database: Annotated[Database, Depends(get_database)],
     settings: Annotated[Settings, Depends(get_settings)],
     authorization: Annotated[str | None, Header()] = None,
@@ -45,11 +46,12 @@ def get_tenant(
     presented = x_api_key
     if authorization and authorization.lower().startswith("bearer "):
         presented = authorization[7:].strip()
-    # Its own short transaction, so a long-poll does not hold a connection while it waits.
-    with database.transaction() as session:
-        if presented is None and not settings.api_keys_required:
+    if presented is None and not settings.api_keys_required:
+        # Its own short transaction, so a long-poll does not hold a connection while it waits.
+        with database.transaction() as session:
             return local_tenant_id(session)
-        return authenticate(session, presented)
+    keys: KeyCache = request.app.state.api_keys
+    return keys.tenant_id(database, presented)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

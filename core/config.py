@@ -57,6 +57,8 @@ class Settings(BaseSettings):
 
     # Keys are optional only where nothing but this process can reach the database.
     require_api_keys: bool | None = None
+    # How long an API process trusts a key it has accepted (a revoked key works this long more).
+    api_key_cache_seconds: float = Field(default=10.0, ge=0)
 
     # Edge limits: what a caller may send in one request.
     max_inputs_per_job: int = Field(default=256, ge=1)

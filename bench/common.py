@@ -109,6 +109,7 @@ def machine_facts() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
@@ -128,6 +129,19 @@ def machine_facts() -> dict[str, Any]:
             _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
         ),
     }
+
+
+def _cpu_model() -> str | None:
+    """Model name, family and model number from /proc/cpuinfo (Linux): a VM's host can change."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    fields = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.*)$", text, re.MULTILINE))
+    if not fields:
+        return None
+    name, family, model = (fields.get(key, "?") for key in ("model name", "cpu family", "model"))
+    return f"{name} (family {family}, model {model})"
 
 
 def _git(*args: str) -> str | None:

@@ -47,14 +47,11 @@ class Watch:
     def notify(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """Until the job is announced or ``timeout`` seconds pass; True if it was announced."""
-        try:
+    async def wait(self, timeout: float) -> None:
+        """Until the job is announced or ``timeout`` seconds pass."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), max(timeout, 0.0))
-        except TimeoutError:
-            return False
         self._event.clear()
-        return True
 
 
 class FinishedJobs:
@@ -114,7 +111,7 @@ class FinishedJobs:
                         for watch in self._watches.get(note.payload, ()):
                             watch.notify()
             except (psycopg.Error, OSError) as exc:
-                self.listening = False
+                self.listening = False  # before the back-off: waiters poll meanwhile
                 delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1
                 log.warning("finished_jobs_listener_down", error=str(exc), retry_in=delay)

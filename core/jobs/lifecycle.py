@@ -75,7 +75,6 @@ _CLAIM_COLUMNS = (
     JobItem.leased_until,
     JobItem.error,
 )
-RUNNING, SUCCEEDED, FAILED = ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED
 
 
 def _locked_rows(
@@ -130,16 +129,16 @@ def claim_items(
                 f"gave up after {item.attempts} attempts; last error: "
                 f"{item.error or 'the worker holding it stopped (lease expired)'}"
             )
-            failed = item_transition(item.status, FAILED)
+            failed = item_transition(item.status, ItemStatus.FAILED)
             _set_items(session, [item.id], status=failed, error=reason)
             gave_up = True
             continue
-        item_transition(item.status, RUNNING)
+        item_transition(item.status, ItemStatus.RUNNING)
         claimed.append(ClaimedItem(item.id, item.position, item.text, item.input_hash))
     _set_items(
         session,
         [item.id for item in claimed],
-        status=RUNNING,
+        status=ItemStatus.RUNNING,
         attempts=JobItem.attempts + 1,
         leased_until=now + timedelta(seconds=lease_seconds),
     )
@@ -167,8 +166,14 @@ def record_results(
     ]
     insert_results(session, job, [by_id[item.id] for item in live])
     for item in live:
-        item_transition(item.status, SUCCEEDED)
-    _set_items(session, [item.id for item in live], status=SUCCEEDED, leased_until=None, error=None)
+        item_transition(item.status, ItemStatus.SUCCEEDED)
+    _set_items(
+        session,
+        [item.id for item in live],
+        status=ItemStatus.SUCCEEDED,
+        leased_until=None,
+        error=None,
+    )
     settle_job(session, job)
     # A result is only ever written in the transaction that makes its item succeed, so each
     # live (locked, unfinished) item had none: every one of them got its result now.

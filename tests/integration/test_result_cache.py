@@ -10,8 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from sqlalchemy import select
 
 from core.config import get_settings
+from core.db.models import OutboxMessage
 from core.db.session import Database
 from core.inference.cache import RedisCache
 from core.inference.engine import InferenceEngine
@@ -88,3 +90,27 @@ def test_a_new_model_version_never_serves_an_old_result(
     after = submit_and_run(worker, text)
 
     assert after == {"version": "fake-2", "cached": False, "label": "positive"}
+
+
+def test_a_job_whose_every_input_is_cached_is_finished_when_submitted(worker: Worker) -> None:
+    known = f"a good film {uuid.uuid4()}"
+    submit_and_run(worker, known)
+    new = f"a new film {uuid.uuid4()}"
+
+    with worker.database.transaction() as session:
+        tenant = local_tenant_id(session)
+        answered = submit_job(
+            session, worker.settings, tenant_id=tenant, request=JobRequest("cached", [known, known])
+        ).job.id
+        waiting = submit_job(
+            session, worker.settings, tenant_id=tenant, request=JobRequest("cached", [known, new])
+        ).job.id
+
+    with worker.database.read() as session:
+        done, pending = get_job(session, tenant, answered), get_job(session, tenant, waiting)
+        messages = session.scalars(select(OutboxMessage.payload)).all()
+        assert done.job.status == "succeeded" and done.job.finished_at is not None
+        assert [item.status for item in done.items] == ["succeeded", "succeeded"]
+        assert pending.job.status == "queued" and pending.job.finished_at is None
+    # Only the job with an uncached input asked for a worker.
+    assert str(answered) not in str(messages) and str(waiting) in str(messages)

@@ -17,6 +17,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 unset INFERQ_TORCH_THREADS
 
 N="${N:-10000}"
+ROUNDS="${ROUNDS:-3}"
 LATENCY_SECONDS="${LATENCY_SECONDS:-30}"
 LATENCY_BURST="${LATENCY_BURST:-500}"
 OUT="${OUT:-bench/results}"
@@ -37,8 +38,8 @@ run() {
 }
 
 run batching_gain --n "$N" --repeats 2
-run pipeline_efficiency --n "$N" --bare-repeats 2
-run cache --n "$N"
+run pipeline_efficiency --n "$N" --rounds "$ROUNDS"
+run cache --n "$N" --rounds "$ROUNDS"
 run latency --n "$LATENCY_BURST" --seconds "$LATENCY_SECONDS"
 run precision --n "$((N < 2000 ? N : 2000))"
 

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from core.config import Settings, get_settings
 from core.db.session import Database
+from core.errors import InvalidInput
 from core.telemetry.logging import configure_logging
 
 app = typer.Typer(help="inferq: queue-driven NLP inference.", no_args_is_help=True)
@@ -75,6 +76,42 @@ def keys_create(name: str) -> None:
     typer.echo(created.key)
     console.print(
         f"key for tenant {name!r} (id {created.tenant_id}); store it now, it is not shown again"
+    )
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every API key: its first characters, tenant, and when it was created and revoked."""
+    from core.security import list_keys
+
+    settings = _setup(quiet_logs=True)
+    with Database(settings.resolved_database_url).read() as session:
+        keys = list_keys(session)
+    table = Table("key starts", "tenant", "created (UTC)", "revoked (UTC)")
+    for key in keys:
+        revoked = f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-"
+        table.add_row(key.prefix, key.tenant, f"{key.created_at:%Y-%m-%d %H:%M}", revoked)
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key, or its start as `keys list` shows it.")],
+) -> None:
+    """Revoke one API key. An API process that accepted it within the last
+    INFERQ_API_KEY_CACHE_SECONDS may go on accepting it that long."""
+    from core.security import revoke_key
+
+    settings = _setup(quiet_logs=True)
+    try:
+        with Database(settings.resolved_database_url).transaction() as session:
+            revoked = revoke_key(session, prefix)
+    except InvalidInput as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"revoked key {revoked.prefix}… of tenant {revoked.tenant!r}; API processes drop it "
+        f"within {settings.api_key_cache_seconds:g} s"
     )
 
 

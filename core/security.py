@@ -10,14 +10,15 @@ import hashlib
 import secrets
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 
 from cachetools import TTLCache
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.db.models import ApiKey, Tenant
+from core.db.models import ApiKey, Tenant, utcnow
 from core.db.session import Database
-from core.errors import Unauthorized
+from core.errors import InvalidInput, Unauthorized
 
 KEY_PREFIX = "iq_"
 LOCAL_TENANT = "local"
@@ -49,6 +50,46 @@ def create_key(session: Session, name: str) -> CreatedKey:
     session.add(ApiKey(tenant_id=tenant.id, name=name, prefix=key[:10], key_hash=hash_key(key)))
     session.flush()
     return CreatedKey(tenant.id, name, key)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What is kept of a key: never the key itself, only its first characters."""
+
+    prefix: str
+    tenant: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def list_keys(session: Session) -> list[KeyInfo]:
+    rows = session.execute(
+        select(ApiKey.prefix, Tenant.name, ApiKey.created_at, ApiKey.revoked_at)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .order_by(ApiKey.created_at, ApiKey.id)
+    )
+    return [KeyInfo(*row) for row in rows]
+
+
+def revoke_key(session: Session, prefix: str) -> KeyInfo:
+    """Revoke the one active key that starts with ``prefix`` (as ``list_keys`` shows it, or the
+    whole key). Refuses a prefix that matches no active key or more than one."""
+    if len(prefix) < len(KEY_PREFIX) + 4:
+        raise InvalidInput(f"give at least {len(KEY_PREFIX) + 4} characters of the key")
+    stored = prefix[:10]  # the characters create_key keeps
+    matches = session.scalars(
+        select(ApiKey).where(ApiKey.prefix.startswith(stored), ApiKey.revoked_at.is_(None))
+    ).all()
+    if len(prefix) > len(stored):  # more than the kept prefix: it must be the whole key
+        matches = [key for key in matches if key.key_hash == hash_key(prefix)]
+    if len(matches) != 1:
+        found = "no active key" if not matches else f"{len(matches)} active keys"
+        raise InvalidInput(f"{found} start with {prefix[:10]!r}; see `inferq keys list`")
+    key = matches[0]
+    session.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=utcnow()))
+    tenant = session.get_one(Tenant, key.tenant_id).name
+    session.refresh(key)
+    return KeyInfo(key.prefix, tenant, key.created_at, key.revoked_at)
 
 
 def authenticate(session: Session, presented: str | None) -> int:

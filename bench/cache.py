@@ -24,6 +24,7 @@ from bench.common import (
     JobClient,
     JobRecord,
     PassSummary,
+    add_pass_arguments,
     add_stack_arguments,
     base_params,
     chunked,
@@ -36,6 +37,7 @@ from bench.common import (
     quiet_logging,
     rate,
     run_jobs,
+    run_rounds,
     running_stack,
     stack_options,
     summarise,
@@ -103,12 +105,7 @@ def measure_round(args: argparse.Namespace, texts: list[str]) -> Round:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="distinct texts (default 10000)")
-    parser.add_argument("--job-size", type=int, default=256, help="inputs per job")
-    parser.add_argument("--submitters", type=int, default=4, help="concurrent POSTs")
-    parser.add_argument("--priority", default="bulk", choices=("bulk", "interactive"))
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; the median counts")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds for each pass")
+    add_pass_arguments(parser, rounds_help="rounds on fresh stacks; the median counts")
     add_stack_arguments(parser)
     args = parser.parse_args()
     install_signal_handlers()
@@ -116,14 +113,11 @@ def main() -> None:
 
     texts = load_texts(args.n)
     machine = machine_facts()
-    rounds: list[Round] = []
-    for number in range(1, max(1, args.rounds) + 1):
-        log(f"round {number} of {args.rounds}")
-        rounds.append(measure_round(args, texts))
-        log(f"round {number}: speedup {rounds[-1].speedup:.1f}x")
+    rounds, middle = run_rounds(
+        args.rounds, lambda: measure_round(args, texts), lambda r: r.speedup, "x speedup"
+    )
 
     n = len(texts)
-    middle = sorted(rounds, key=lambda r: r.speedup)[len(rounds) // 2]
     first, second = middle.first, middle.second
     speedups = [r.speedup for r in rounds]
     all_cached = all(r.second.complete and r.second.cached == n == r.second.results for r in rounds)

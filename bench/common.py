@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -46,6 +46,7 @@ REDIS_HOST_URL = os.environ.get("INFERQ_BENCH_REDIS", "redis://127.0.0.1:6379")
 REDIS_DB = 9  # the benchmarks' own db: flushed before and after every run
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MAX_LONG_POLL_SECONDS = 30.0  # the API's default INFERQ_MAX_WAIT_SECONDS
+RoundT = TypeVar("RoundT")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -706,6 +707,29 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pool processes of the one worker (default: the product's, one per core)",
     )
+
+
+def add_pass_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
+    """Options of a benchmark that submits N texts as jobs, in rounds on fresh stacks."""
+    parser.add_argument("--n", type=int, default=10_000, help="distinct texts (default 10000)")
+    parser.add_argument("--job-size", type=int, default=256, help="inputs per job")
+    parser.add_argument("--submitters", type=int, default=4, help="concurrent POSTs")
+    parser.add_argument("--priority", default="bulk", choices=("bulk", "interactive"))
+    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds for each pass")
+
+
+def run_rounds(
+    count: int, measure: Callable[[], RoundT], ratio: Callable[[RoundT], float], unit: str
+) -> tuple[list[RoundT], RoundT]:
+    """``count`` rounds of ``measure`` and the median one by ``ratio`` (the upper middle of an
+    even count): its figures are the headline, every round is recorded."""
+    rounds: list[RoundT] = []
+    for number in range(1, max(1, count) + 1):
+        log(f"round {number} of {count}")
+        rounds.append(measure())
+        log(f"round {number}: {ratio(rounds[-1]):.3f}{unit}")
+    return rounds, sorted(rounds, key=ratio)[len(rounds) // 2]
 
 
 def stack_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from bench.common import (
     BenchError,
     JobClient,
     PassSummary,
+    add_pass_arguments,
     add_stack_arguments,
     base_params,
     chunked,
@@ -40,6 +41,7 @@ from bench.common import (
     quiet_logging,
     rate,
     run_jobs,
+    run_rounds,
     running_stack,
     server_side_seconds,
     stack_options,
@@ -134,13 +136,8 @@ def measure_round(args: argparse.Namespace, texts: list[str]) -> Round:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="distinct texts (default 10000)")
-    parser.add_argument("--job-size", type=int, default=256, help="inputs per job")
-    parser.add_argument("--submitters", type=int, default=4, help="concurrent POSTs")
-    parser.add_argument("--priority", default="bulk", choices=("bulk", "interactive"))
+    add_pass_arguments(parser, rounds_help="paired rounds; the median counts")
     parser.add_argument("--bare-batch", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="paired rounds; the median counts")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds for the whole pass")
     add_stack_arguments(parser)
     args = parser.parse_args()
     install_signal_handlers()
@@ -148,14 +145,9 @@ def main() -> None:
 
     texts = load_texts(args.n)
     machine = machine_facts()
-    rounds: list[Round] = []
-    for number in range(1, max(1, args.rounds) + 1):
-        log(f"round {number} of {args.rounds}")
-        rounds.append(measure_round(args, texts))
-        log(f"round {number}: efficiency {rounds[-1].efficiency:.1%}")
-    # The median round by its own ratio (the upper one of an even count) is the headline; every
-    # round is recorded.
-    middle = sorted(rounds, key=lambda r: r.efficiency)[len(rounds) // 2]
+    rounds, middle = run_rounds(
+        args.rounds, lambda: measure_round(args, texts), lambda r: r.efficiency, " efficiency"
+    )
     summary = middle.pipeline
     n = len(texts)
     efficiencies = [r.efficiency for r in rounds]

@@ -83,8 +83,8 @@ def revoke_key(session: Session, prefix: str) -> KeyInfo:
     if len(prefix) > len(stored):  # more than the kept prefix: it must be the whole key
         matches = [key for key in matches if key.key_hash == hash_key(prefix)]
     if len(matches) != 1:
-        found = "no active key" if not matches else f"{len(matches)} active keys"
-        raise InvalidInput(f"{found} start with {prefix[:10]!r}; see `inferq keys list`")
+        found = "no active key starts" if not matches else f"{len(matches)} active keys start"
+        raise InvalidInput(f"{found} with {prefix[:10]!r}; see `inferq keys list`")
     key = matches[0]
     session.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=utcnow()))
     tenant = session.get_one(Tenant, key.tenant_id).name

@@ -7,9 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from core.cli import app
+from core.db.models import ApiKey
 from core.db.session import Database
 from core.errors import InvalidInput, Unauthorized
-from core.security import authenticate, create_key, list_keys, revoke_key
+from core.security import authenticate, create_key, hash_key, list_keys, revoke_key
 
 
 def new_key(db: Database, name: str) -> str:
@@ -67,3 +68,25 @@ def test_the_cli_lists_and_revokes(sqlite_db: Database, monkeypatch: pytest.Monk
     assert runner.invoke(app, ["keys", "revoke", key[:10]]).exit_code == 0
     again = runner.invoke(app, ["keys", "revoke", key[:10]])
     assert again.exit_code == 1 and "no active key" in again.output
+
+
+def test_a_prefix_two_active_keys_share_revokes_neither_but_the_whole_key_picks_one(
+    sqlite_db: Database,
+) -> None:
+    key = new_key(sqlite_db, "acme")
+    twin = key[:10] + "another-secret"
+    with sqlite_db.transaction() as session:  # a second key whose first characters collide
+        tenant_id = authenticate(session, key)
+        session.add(
+            ApiKey(tenant_id=tenant_id, name="acme", prefix=key[:10], key_hash=hash_key(twin))
+        )
+
+    with sqlite_db.transaction() as session, pytest.raises(InvalidInput, match="2 active keys"):
+        revoke_key(session, key[:10])
+
+    with sqlite_db.transaction() as session:
+        revoke_key(session, key)
+    with sqlite_db.transaction() as session:
+        assert authenticate(session, twin) == tenant_id
+        with pytest.raises(Unauthorized):
+            authenticate(session, key)

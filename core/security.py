@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cachetools import TTLCache
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.db.models import ApiKey, Tenant, utcnow
@@ -21,6 +21,7 @@ from core.db.session import Database
 from core.errors import InvalidInput, Unauthorized
 
 KEY_PREFIX = "iq_"
+KEPT_CHARS = 10  # of each key, stored in the clear so operators can tell keys apart
 LOCAL_TENANT = "local"
 
 
@@ -47,7 +48,9 @@ def ensure_tenant(session: Session, name: str) -> Tenant:
 def create_key(session: Session, name: str) -> CreatedKey:
     tenant = ensure_tenant(session, name)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant_id=tenant.id, name=name, prefix=key[:10], key_hash=hash_key(key)))
+    session.add(
+        ApiKey(tenant_id=tenant.id, name=name, prefix=key[:KEPT_CHARS], key_hash=hash_key(key))
+    )
     session.flush()
     return CreatedKey(tenant.id, name, key)
 
@@ -76,7 +79,7 @@ def revoke_key(session: Session, prefix: str) -> KeyInfo:
     whole key). Refuses a prefix that matches no active key or more than one."""
     if len(prefix) < len(KEY_PREFIX) + 4:
         raise InvalidInput(f"give at least {len(KEY_PREFIX) + 4} characters of the key")
-    stored = prefix[:10]  # the characters create_key keeps
+    stored = prefix[:KEPT_CHARS]
     matches = session.scalars(
         select(ApiKey).where(ApiKey.prefix.startswith(stored), ApiKey.revoked_at.is_(None))
     ).all()
@@ -84,12 +87,13 @@ def revoke_key(session: Session, prefix: str) -> KeyInfo:
         matches = [key for key in matches if key.key_hash == hash_key(prefix)]
     if len(matches) != 1:
         found = "no active key starts" if not matches else f"{len(matches)} active keys start"
-        raise InvalidInput(f"{found} with {prefix[:10]!r}; see `inferq keys list`")
+        raise InvalidInput(f"{found} with {stored!r}; see `inferq keys list`")
     key = matches[0]
-    session.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=utcnow()))
-    tenant = session.get_one(Tenant, key.tenant_id).name
-    session.refresh(key)
-    return KeyInfo(key.prefix, tenant, key.created_at, key.revoked_at)
+    key.revoked_at = utcnow()
+    session.flush()
+    return KeyInfo(
+        key.prefix, session.get_one(Tenant, key.tenant_id).name, key.created_at, key.revoked_at
+    )
 
 
 def authenticate(session: Session, presented: str | None) -> int:

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.middleware import BodySizeLimit
-from api.routes import health, jobs, models
+from api.routes import health, jobs, models, webhooks
 from core.broker import get_celery
 from core.config import Settings, get_settings
 from core.db.session import Database
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(health.router)
 

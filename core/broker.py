@@ -17,9 +17,14 @@ from core.config import Settings, get_settings
 RUN_ITEMS = "inferq.run_items"
 RELAY_OUTBOX = "inferq.relay_outbox"
 SWEEP = "inferq.sweep"
+DELIVER_WEBHOOK = "inferq.deliver_webhook"
+DISPATCH_WEBHOOKS = "inferq.dispatch_webhooks"
 
 QUEUES = ("interactive", "bulk")
 MAINTENANCE_QUEUE = "maintenance"
+# Deliveries wait on receivers for up to 15 s each: their own queue and workers, so webhook
+# sending never holds up inference.
+WEBHOOKS_QUEUE = "webhooks"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -29,7 +34,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Redis re-delivers an unacked message after this long. A batch takes seconds, so an hour
         # never re-runs a live batch; a dead worker's batches are re-driven sooner by the sweeper.
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
-        "task_queues": [Queue(name) for name in (*QUEUES, MAINTENANCE_QUEUE)],  # type: ignore[no-untyped-call]
+        "task_queues": [
+            Queue(name)  # type: ignore[no-untyped-call]
+            for name in (*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
+        ],
         "task_default_queue": "interactive",
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -61,6 +69,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.sweep_interval_seconds,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.sweep_interval_seconds},
             },
+            "dispatch-webhooks": {
+                "task": DISPATCH_WEBHOOKS,
+                "schedule": settings.webhook_dispatch_interval_seconds,
+                "options": {
+                    "queue": MAINTENANCE_QUEUE,
+                    "expires": settings.webhook_dispatch_interval_seconds,
+                },
+            },
         },
     }
 
@@ -89,3 +105,7 @@ def send_run_items(
     # The sizes ride along so the worker can flush a micro-batch on items or tokens unopened.
     kwargs = {"request_id": request_id, "task": task, "n_items": len(item_ids), "tokens": tokens}
     app.send_task(RUN_ITEMS, args=[job_id, item_ids], kwargs=kwargs, queue=queue)
+
+
+def send_delivery(app: Celery, delivery_id: int) -> None:
+    app.send_task(DELIVER_WEBHOOK, args=[delivery_id], queue=WEBHOOKS_QUEUE)

@@ -7,12 +7,13 @@ with a worker inside the same process. Setting ``INFERQ_DATABASE_URL`` (PostgreS
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -96,6 +97,27 @@ class Settings(BaseSettings):
 
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
 
+    # Encrypts stored secrets (webhook signing secrets) with AES-GCM. Any string: the key is
+    # derived from it. Embedded mode generates one under data_dir when unset; distributed mode
+    # needs it set, the same on every process.
+    secret_key: str | None = Field(default=None, repr=False)
+    # Webhooks. Delays in seconds before each attempt of one event: the first at once, then
+    # after each failure (Svix's schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h).
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=65_536, ge=0)
+    # A job's event carries up to this many results; above it, a link to GET the job.
+    webhook_max_results: int = Field(default=1000, ge=0)
+    # CIDRs a webhook may reach although the SSRF guard blocks them (e.g. "127.0.0.0/8" for
+    # development). Empty: only globally routable addresses.
+    webhook_allowed_networks: str = ""
+    webhook_concurrency: int = Field(default=16, ge=1)
+    webhook_dispatch_interval_seconds: float = Field(default=2.0, gt=0)
+    # A delivery whose task message was sent this long ago and never claimed is sent again.
+    webhook_redispatch_after_seconds: float = Field(default=60.0, gt=0)
+    # Base of the links put in webhook events (e.g. https://inferq.example.com); relative if unset.
+    public_url: str = ""
+
     # Kafka door (`inferq ingest`): requests in, results out, what cannot be read to the DLQ.
     kafka_bootstrap_servers: str = "localhost:9092"
     kafka_group_id: str = "inferq-ingest"
@@ -148,6 +170,30 @@ class Settings(BaseSettings):
         if self.cache_url:
             return self.cache_url
         return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule_is_seconds(cls, value: str) -> str:
+        try:
+            delays = [float(part) for part in value.split(",")]
+        except ValueError as exc:
+            raise ValueError("must be seconds separated by commas, e.g. 0,5,300") from exc
+        if any(delay < 0 for delay in delays):
+            raise ValueError("delays cannot be negative")
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks_are_cidrs(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                ipaddress.ip_network(part.strip())  # ValueError names the bad one
+        return value
+
+    @property
+    def webhook_schedule(self) -> list[float]:
+        """Seconds before each attempt of one event: the first, then after each failure."""
+        return [float(part) for part in self.webhook_retry_schedule.split(",")]
 
     def batch_policy(self, task: str) -> BatchPolicy:
         return self.batching.get(task) or self.batching.get("default") or BatchPolicy()

@@ -80,3 +80,9 @@ class ServiceUnavailable(InferqError):
     status = 503
     title = "Service unavailable"
     retryable = True
+
+
+class NotConfigured(ServiceUnavailable):
+    """A setting the operation needs is missing or wrong (e.g. INFERQ_SECRET_KEY)."""
+
+    title = "Not configured"

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from schemas.webhooks import WebhookOut
+
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -62,6 +64,9 @@ class JobOut(JobSummary):
     counts: Counts
     results: list[ResultOut]
     errors: list[ItemError]
+    webhook: WebhookOut | None = Field(
+        default=None, description="Delivery of the job's event; null without a webhook_url."
+    )
 
 
 class JobPage(BaseModel):

@@ -18,7 +18,11 @@ from core.telemetry.logging import configure_logging
 from workers import runtime
 
 celery_app = get_celery()
-celery_app.conf.include = ["workers.tasks.inference", "workers.tasks.maintenance"]
+celery_app.conf.include = [
+    "workers.tasks.inference",
+    "workers.tasks.maintenance",
+    "workers.tasks.webhooks",
+]
 celery_app.loader.import_default_modules()
 
 log = structlog.get_logger(__name__)

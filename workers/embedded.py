@@ -14,7 +14,7 @@ from pathlib import Path
 from celery.beat import EmbeddedService
 from celery.worker import state as worker_state
 
-from core.broker import MAINTENANCE_QUEUE, QUEUES
+from core.broker import MAINTENANCE_QUEUE, QUEUES, WEBHOOKS_QUEUE
 from workers.app import celery_app
 
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -29,7 +29,7 @@ def running_worker(data_dir: Path, *, with_beat: bool = True) -> Iterator[None]:
         concurrency=1,
         pool="solo",
         hostname="embedded@localhost",
-        queues=[*QUEUES, MAINTENANCE_QUEUE],
+        queues=[*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE],
         ready_callback=lambda _consumer: ready.set(),
         without_heartbeat=True,
         without_mingle=True,

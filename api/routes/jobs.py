@@ -13,17 +13,19 @@ from fastapi import APIRouter, Header, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import DatabaseDep, FinishedJobsDep, SessionDep, SettingsDep, TenantDep
-from api.presenters import job_out, job_summary
 from core.db.session import Database
 from core.errors import InvalidInput
 from core.jobs.cancel import cancel_job
 from core.jobs.finished import Watch
+from core.jobs.presenters import job_out, job_summary
 from core.jobs.queries import get_job, job_status, list_jobs
 from core.jobs.state import TERMINAL_JOB, JobStatus
 from core.jobs.submit import JobRequest, submit_job
 from core.telemetry.metrics import JOBS_SUBMITTED
+from core.webhooks import deliveries
 from schemas.jobs import JobCreate, JobOut, JobPage
 from schemas.problem import Problem
+from schemas.webhooks import WebhookOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -34,7 +36,7 @@ POLL_LISTENING_SECONDS = 2.0
 
 PROBLEMS: dict[int | str, dict[str, object]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (401, 404, 409, 413, 422)
+    for code in (401, 404, 409, 413, 422, 503)
 }
 
 
@@ -125,6 +127,17 @@ def _read(database: Database, tenant_id: int, job_id: uuid.UUID) -> JobOut:
 def delete_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
     cancel_job(session, tenant_id, job_id)
     return job_out(get_job(session, tenant_id, job_id))
+
+
+@router.post(
+    "/{job_id}/webhook/redeliver",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=WebhookOut,
+    responses=PROBLEMS,
+)
+def redeliver_webhook(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> WebhookOut:
+    """Send a finished job's event again: a new series of attempts, the same webhook-id."""
+    return deliveries.delivery_out(deliveries.redeliver(session, tenant_id, job_id))
 
 
 @router.get("", response_model=JobPage, responses=PROBLEMS)

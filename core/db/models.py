@@ -187,3 +187,53 @@ class KafkaRecord(Base):
     message_id: Mapped[str] = mapped_column(String(200))
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookSecret(Base):
+    """A tenant's Standard Webhooks signing secret, stored encrypted (AES-GCM, see
+    core.webhooks.signing). The newest unretired one signs; one retired less than a day ago
+    still signs too, so receivers can roll over after a rotation."""
+
+    __tablename__ = "webhook_secrets"
+    __table_args__ = (Index("ix_webhook_secrets_tenant", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookDelivery(Base):
+    """One webhook event and the state of its delivery: the outbox row written in the
+    transaction that finished the job, and the truth for every attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        UniqueConstraint("job_id", name="uq_webhook_deliveries_job"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)  # the webhook-id header
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), default=None
+    )
+    event_type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # in the current series
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=utcnow)
+    # Set when a task message is sent; a message lost with Redis is sent again after a while.
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The attempt in flight: who holds it and until when (a dead worker's lease runs out).
+    lease_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    leased_until: Mapped[datetime | None] = mapped_column(default=None)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -13,6 +13,7 @@ from core.errors import NotFound
 from core.jobs.finished import announce_finished
 from core.jobs.lifecycle import lock_job
 from core.jobs.state import ItemStatus, JobStatus, job_transition
+from core.webhooks import deliveries
 
 
 def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> Job:
@@ -26,5 +27,6 @@ def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> Job:
         .where(JobItem.job_id == job_id, JobItem.status == ItemStatus.QUEUED)
         .values(status=ItemStatus.CANCELLED, error="cancelled before it ran", updated_at=utcnow())
     )
+    deliveries.add_job_event(session, job)
     announce_finished(session, job_id)
     return job

@@ -30,6 +30,7 @@ from core.jobs.state import (
     job_transition,
     settled_job_status,
 )
+from core.webhooks import deliveries
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ def settle_job(session: Session, job: Job) -> None:
         if target == JobStatus.FAILED:
             job.error = "every input failed; see each input's error"
         outbox.add_kafka_result(session, job)
+        deliveries.add_job_event(session, job)
         announce_finished(session, job.id)
 
 

@@ -16,7 +16,9 @@ from core.db.models import Job, JobItem, Result
 from core.errors import InvalidInput, NotFound
 from core.jobs.presenters import result_out
 from core.jobs.state import JobStatus
+from core.webhooks.deliveries import webhook_out
 from schemas.jobs import ResultOut
+from schemas.webhooks import WebhookOut
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ItemView:
 class JobView:
     job: Job
     items: list[ItemView]  # in input order
+    webhook: WebhookOut | None = None
 
     @property
     def counts(self) -> Counter[str]:
@@ -65,7 +68,7 @@ def get_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> JobView:
         )
         for row in rows
     ]
-    return JobView(job, items)
+    return JobView(job, items, webhook_out(session, job))
 
 
 _RESULT_COLUMNS = (

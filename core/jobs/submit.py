@@ -28,6 +28,8 @@ from core.jobs.presenters import output_out
 from core.jobs.queries import ItemView, JobView
 from core.jobs.state import ItemStatus, JobStatus
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
+from core.webhooks import deliveries
+from schemas.webhooks import WebhookOut
 
 PRIORITIES = ("interactive", "bulk")
 
@@ -79,7 +81,7 @@ def submit_job(
     check_task(request.task)
     texts = check_inputs(request.inputs, settings)
     check_metadata(request.metadata)
-    check_webhook_url(request.webhook_url)
+    check_webhook_url(request.webhook_url, settings)
     if request.priority not in PRIORITIES:
         raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}")
     fingerprint = request.fingerprint()
@@ -148,6 +150,8 @@ def _insert(
     served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
     if served:
         insert_results(session, job, served)
+    if answered:
+        deliveries.add_job_event(session, job)
     waiting = [item for item in items if item.input_hash not in cached]
     if waiting:
         outbox.add_run_items(
@@ -166,7 +170,8 @@ def _insert(
         else ItemView(index, ItemStatus.QUEUED, None, None)
         for index, digest in enumerate(hashes)
     ]
-    return JobView(job, views)
+    webhook = WebhookOut(status="pending", attempts=0) if request.webhook_url else None
+    return JobView(job, views, webhook)
 
 
 def _insert_items(

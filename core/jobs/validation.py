@@ -11,11 +11,11 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from core.config import Settings
 from core.errors import InvalidInput, UnknownTask
 from core.inference.registry import task_names
+from core.webhooks.guard import UrlGuard, parse_networks
 
 _ALLOWED_CONTROLS = frozenset("\t\n\r")
 # What _check_char refuses, as one character class so a text is scanned in C, not per character
@@ -94,12 +94,9 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
     return metadata
 
 
-def check_webhook_url(url: str | None) -> str | None:
+def check_webhook_url(url: str | None, settings: Settings) -> str | None:
+    """What the SSRF guard can tell before resolving the host; the rest is checked at connect
+    time (core.webhooks.guard)."""
     if url is None:
         return None
-    if not url.isascii() or not url.isprintable():
-        raise InvalidInput("webhook_url must be printable ASCII (percent-encode other characters)")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("webhook_url must be an absolute http(s) URL with a host")
-    return url
+    return UrlGuard(parse_networks(settings.webhook_allowed_networks)).check_url(url)

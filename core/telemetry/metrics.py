@@ -34,3 +34,11 @@ CACHE_LOOKUPS = Counter(
 )
 RELAYED = Counter("inferq_outbox_relayed_total", "Outbox messages sent to the broker")
 SWEPT = Counter("inferq_swept_items_total", "Items re-driven or failed by the sweeper", ["action"])
+WEBHOOK_ATTEMPTS = Counter(
+    "inferq_webhook_attempts_total", "Webhook delivery attempts, by outcome", ["outcome"]
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "inferq_webhook_attempt_seconds",
+    "Time a receiver took to answer one delivery attempt",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)

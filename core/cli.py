@@ -174,15 +174,24 @@ def worker(
     queues: Annotated[
         str, typer.Option(help="Comma-separated queues.")
     ] = "interactive,bulk,maintenance",
-    concurrency: Annotated[int | None, typer.Option(help="Pool processes.")] = None,
-    pool: Annotated[str, typer.Option(help="prefork, solo or threads.")] = "prefork",
+    concurrency: Annotated[int | None, typer.Option(help="Pool processes or threads.")] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(help="prefork, solo or threads (default: threads for --queues webhooks)."),
+    ] = None,
 ) -> None:
-    """Run a Celery worker (distributed mode)."""
+    """Run a Celery worker (distributed mode). `--queues webhooks` runs a webhook sender:
+    threads that wait on receivers (INFERQ_WEBHOOK_CONCURRENCY of them), no model."""
+    from core.broker import WEBHOOKS_QUEUE
+
     settings = _setup()
+    senders_only = queues == WEBHOOKS_QUEUE
+    pool = pool or ("threads" if senders_only else "prefork")
     # Pool children record metrics into files here; the main process serves them all on
     # INFERQ_METRICS_PORT. prometheus_client reads this variable when it is first imported.
     _metrics_dir_for("worker-metrics", settings)
-    processes = concurrency or settings.resolved_worker_concurrency
+    default = settings.webhook_concurrency if senders_only else settings.resolved_worker_concurrency
+    processes = concurrency or default
     os.environ["INFERQ_WORKER_CONCURRENCY"] = str(processes)  # pool children size torch threads
     get_settings.cache_clear()
     from workers.app import celery_app

@@ -98,6 +98,7 @@ def stack_env(pg_url: str, redis_url: str, data_dir: Path, **overrides: str) -> 
         "INFERQ_TORCH_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
         "INFERQ_METRICS_PORT": str(free_port()),
+        "INFERQ_SECRET_KEY": "integration-tests-secret-key",
     }
     env.update(overrides)
     return env

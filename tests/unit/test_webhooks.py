@@ -21,9 +21,9 @@ from core.config import Settings
 from core.db.models import WebhookDelivery, WebhookSecret, utcnow
 from core.db.session import Database
 from core.errors import InvalidTransition, NotConfigured
+from core.inference.engine import InferenceEngine
 from core.jobs.cancel import cancel_job
 from core.jobs.execute import Worker, run_items
-from core.inference.engine import InferenceEngine
 from core.jobs.queries import get_job
 from core.webhooks import deliveries, send
 from core.webhooks.signing import (

@@ -37,7 +37,15 @@ TORCH_PIN = "torch==2.13.0"
 # The oldest Kubernetes these manifests promise to run on, and the newest the schemas know.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 STATEFUL_SERVICES = ("postgres", "redis", "kafka")
-APP_SERVICES = ("api", "worker", "worker-maintenance", "gpu-worker", "beat", "ingest")
+APP_SERVICES = (
+    "api",
+    "worker",
+    "worker-maintenance",
+    "webhooks",
+    "gpu-worker",
+    "beat",
+    "ingest",
+)
 WORKER_QUEUES = ("interactive", "bulk")
 
 
@@ -196,6 +204,22 @@ def test_someone_consumes_the_maintenance_queue() -> None:
         if command[:2] == ["inferq", "worker"] and "--queues" in command:
             queues.update(command[command.index("--queues") + 1].split(","))
     assert "maintenance" in queues, "beat's relay and sweeper tasks would never run"
+
+
+def test_the_webhooks_queue_has_its_own_torch_free_sender() -> None:
+    """Deliveries wait on receivers: they must not share a worker with model batches."""
+    senders = [
+        (name, service)
+        for name, service in services().items()
+        if command_of(service)[:2] == ["inferq", "worker"]
+        and "webhooks" in command_of(service)[command_of(service).index("--queues") + 1]
+    ]
+    assert [name for name, _ in senders] == ["webhooks"]
+    _, sender = senders[0]
+    command = command_of(sender)
+    assert command[command.index("--queues") + 1] == "webhooks"
+    assert sender["image"] == "inferq-api:local", "a sender needs no model: the API image"
+    assert "INFERQ_SECRET_KEY" in env_of(sender)
 
 
 def test_prometheus_service_mounts_deploy_prometheus() -> None:
@@ -719,6 +743,25 @@ def test_workers_get_time_to_drain_a_batch_and_consume_both_queues(name: str) ->
     assert args[:2] == ["inferq", "worker"]
     assert args[args.index("--queues") + 1].split(",") == list(WORKER_QUEUES)
     assert "command" not in worker, "overriding command would drop tini and its SIGTERM relay"
+
+
+def test_webhook_sender_deployment_consumes_only_the_webhooks_queue() -> None:
+    deployment = named("Deployment", "inferq-worker-webhooks")
+    (sender,) = containers(deployment)
+    args = sender["args"]
+    assert args[:2] == ["inferq", "worker"]
+    assert args[args.index("--queues") + 1] == "webhooks"
+    assert sender["image"].startswith("inferq-api:"), "no model: the torch-free image"
+    others = [
+        container["args"]
+        for workload in workloads()
+        if workload["metadata"]["name"] != "inferq-worker-webhooks"
+        for container in containers(workload)
+        if "--queues" in container.get("args", [])
+    ]
+    assert all("webhooks" not in args[args.index("--queues") + 1] for args in others)
+    secrets = [doc for _, doc in k8s_documents() if doc.get("kind") == "Secret"]
+    assert any("INFERQ_SECRET_KEY" in doc.get("stringData", {}) for doc in secrets)
 
 
 def test_gpu_worker_asks_for_a_gpu_on_gpu_nodes() -> None:

@@ -4,6 +4,7 @@ until then) or stopped and started again on the same port."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ class Receiver:
     delay_seconds: float = 0.0
     response_body: bytes = b"ok"
     extra_headers: dict[str, str] = field(default_factory=dict)
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this context
     received: list[Received] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -65,6 +67,8 @@ class Receiver:
         ThreadingHTTPServer.allow_reuse_address = True
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 

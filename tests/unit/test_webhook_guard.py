@@ -7,9 +7,16 @@ server would)."""
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from core.errors import InvalidInput
 from core.webhooks.guard import (
@@ -152,5 +159,58 @@ def test_a_loopback_hostname_is_blocked_without_an_allowance() -> None:
         with pytest.raises(BlockedAddress, match="loopback"):
             client.post(f"http://localhost:{receiver.port}/hook", content=b"{}")
         assert receiver.requests() == []
+    finally:
+        receiver.stop()
+
+
+def _tls_server(tmp_path: Path, hostname: str) -> tuple[Receiver, ssl.SSLContext]:
+    """An HTTPS receiver on 127.0.0.1 whose certificate names ``hostname`` only, and a client
+    context that trusts that certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    receiver = Receiver(tls=server_context).start()
+    client_context = ssl.create_default_context(cafile=str(cert_file))
+    return receiver, client_context
+
+
+def test_tls_still_verifies_the_hostname_while_connecting_to_the_pinned_address(
+    tmp_path: Path,
+) -> None:
+    receiver, trust = _tls_server(tmp_path, "hooks.test")
+    try:
+        guard = UrlGuard(parse_networks("127.0.0.0/8"))
+        _, resolve = _resolver(["127.0.0.1"])
+        inner = httpx.HTTPTransport(verify=trust)
+        client = httpx.Client(transport=GuardedTransport(guard, resolver=resolve, inner=inner))  # type: ignore[arg-type]
+        ok = client.post(f"https://hooks.test:{receiver.port}/hook", content=b"{}")
+        assert ok.status_code == 200
+        # Same address, another name: the certificate does not match, so nothing is sent.
+        with pytest.raises(httpx.ConnectError, match="certificate"):
+            client.post(f"https://impostor.test:{receiver.port}/hook", content=b"{}")
+        assert len(receiver.requests()) == 1
     finally:
         receiver.stop()

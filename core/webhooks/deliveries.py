@@ -36,7 +36,7 @@ from schemas.webhooks import WebhookOut
 log = structlog.get_logger(__name__)
 
 JITTER = 0.1
-LEASE_MARGIN_SECONDS = 30.0  # beyond the HTTP timeout, before a silent attempt counts as lost
+LEASE_MARGIN_SECONDS = 5.0  # an attempt takes at most the timeout; twice it, and then this
 DISPATCH_LIMIT = 500
 
 JOB_EVENTS = {
@@ -164,7 +164,7 @@ def claim(session: Session, settings: Settings, delivery_id: int) -> Attempt | N
     row.attempts += 1
     row.lease_token = uuid.uuid4().hex
     row.leased_until = now + timedelta(
-        seconds=settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+        seconds=2 * settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
     )
     row.dispatched_at = None
     row.last_attempt_at = now

@@ -120,3 +120,78 @@ def test_a_receiver_down_for_the_first_attempts_gets_every_event_once(
     assert attempts - len(requests) >= jobs, "every event met the refusing receiver first"
     assert answered_errors == errors_to_answer
     database.dispose()
+
+
+@pytest.mark.timeout(600)
+def test_a_sender_killed_mid_attempt_leaves_no_event_undelivered(chaos_stack: object) -> None:
+    """SIGKILL the webhook sender while its attempts wait on a slow receiver: the attempts'
+    leases run out, beat's dispatcher sends them again and a new sender delivers every event.
+    Delivery is at least once (an attempt answered 2xx just before the kill is sent again, with
+    the same webhook-id for the receiver to dedupe on); the figures count those repeats."""
+    jobs = scaled(ci=20, full=200)
+    kills = scaled(ci=2, full=6)
+    stack, pg_url = chaos_stack(  # type: ignore[operator]
+        INFERQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
+        INFERQ_WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
+        INFERQ_WEBHOOK_TIMEOUT_SECONDS="3",
+        INFERQ_WEBHOOK_DISPATCH_INTERVAL_SECONDS="0.5",
+        INFERQ_WEBHOOK_REDISPATCH_AFTER_SECONDS="5",
+        INFERQ_WEBHOOK_CONCURRENCY="4",
+    )
+    key = stack.run("keys", "create", "hooks")
+    api = stack.start_api()
+    stack.start("beat", "beat")
+    stack.start_worker()
+    receiver = Receiver(delay_seconds=0.5).start()
+    try:
+        with httpx.Client(
+            base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=60
+        ) as client:
+            for n in range(jobs):
+                body = {
+                    "task": "sentiment",
+                    "inputs": [f"killed sender {n}: a {uuid.uuid4().hex[:8]} film ."],
+                    "webhook_url": receiver.url,
+                }
+                assert client.post("/v1/jobs", json=body).status_code == 202
+        database = Database(pg_url)
+        wait_for(lambda: len(_deliveries(database)) == jobs, 180, "every job to finish")
+        started = time.monotonic()
+        for kill in range(kills):
+            name = f"webhooks-{kill}"
+            stack.start(name, "worker", "--queues", "webhooks")
+            seen = len(receiver.requests())
+            wait_for(
+                lambda seen=seen: len(receiver.requests()) > seen,
+                60,
+                "attempts in flight",
+                stack,
+                name,
+            )
+            stack.kill(name)
+        stack.start("webhooks-last", "worker", "--queues", "webhooks")
+        wait_for(
+            lambda: all(row.status == "delivered" for row in _deliveries(database)),
+            300,
+            "every event to be delivered after the kills",
+            stack,
+            "webhooks-last",
+        )
+        recovered = time.monotonic() - started
+        requests = receiver.requests()
+    finally:
+        receiver.stop()
+    rows = _deliveries(database)
+    ok = [r.headers["webhook-id"] for r in requests if r.answered == 200]
+    record_figures(
+        "webhook_sender_killed",
+        events=jobs,
+        kills=kills,
+        requests=len(requests),
+        delivered=sum(row.status == "delivered" for row in rows),
+        lost=len({row.event_id for row in rows} - set(ok)),
+        repeated_after_kill=len(ok) - len(set(ok)),
+        seconds_to_deliver_all=round(recovered, 1),
+    )
+    assert {row.event_id for row in rows} == set(ok)
+    database.dispose()

@@ -10,6 +10,8 @@ class TierOut(BaseModel):
     adapter: str
     version: str | None
     circuit: str  # closed, open, half-open or forced-open
+    # "ok", or "unavailable: <error>" while some worker reports it cannot load this tier
+    availability: str = "ok"
 
 
 class TaskOut(BaseModel):

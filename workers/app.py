@@ -29,15 +29,28 @@ log = structlog.get_logger(__name__)
 
 
 def warm_up() -> None:
+    """Load what can load; a tier that cannot (no torch or transformers here) is logged as
+    unavailable and its tasks run on the rest of their chain."""
     settings = get_settings()
-    import torch
+    threads = _set_torch_threads(settings.torch_threads, settings.resolved_worker_concurrency)
+    unavailable = runtime.engine().warm_up(settings.warm_tasks)
+    log.info(
+        "worker_warm",
+        device=settings.device,
+        torch_threads=threads,
+        unavailable=unavailable or None,
+    )
 
+
+def _set_torch_threads(configured: int | None, concurrency: int) -> int | None:
+    try:
+        import torch
+    except ImportError:  # a worker without the `model` extra: its torch tiers are unavailable
+        return None
     # Each pool process gets its share of the cores: oversubscribed threads thrash.
-    share = (os.cpu_count() or 1) // settings.resolved_worker_concurrency
-    threads = settings.torch_threads or max(1, share)
+    threads = configured or max(1, (os.cpu_count() or 1) // concurrency)
     torch.set_num_threads(threads)
-    runtime.engine().warm_up(settings.warm_tasks)
-    log.info("worker_warm", device=settings.device, torch_threads=threads)
+    return threads
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]
@@ -46,7 +59,10 @@ def _init_child(**_: Any) -> None:
     if not settings.embedded:  # embedded: the host command already chose its logging
         configure_logging(settings.log_level, settings.log_format)
     runtime.reset()
-    warm_up()
+    try:
+        warm_up()
+    except Exception:  # a pool child that dies here is respawned to die again: serve lazily
+        log.exception("worker_warm_failed")
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]

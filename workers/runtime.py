@@ -6,6 +6,7 @@ from functools import lru_cache
 
 from core.config import Settings, get_settings
 from core.db.session import Database
+from core.inference.availability import TierReports
 from core.inference.cache import RedisCache
 from core.inference.circuit import CircuitPolicy, Circuits
 from core.inference.engine import InferenceEngine
@@ -25,7 +26,10 @@ def database() -> Database:
 def engine() -> InferenceEngine:
     current = settings()
     circuits = Circuits(CircuitPolicy.from_settings(current), current.resolved_cache_url)
-    return InferenceEngine(current.device, circuits=circuits, policies=current.batching)
+    reports = TierReports(current.resolved_cache_url)
+    return InferenceEngine(
+        current.device, circuits=circuits, policies=current.batching, reports=reports
+    )
 
 
 @lru_cache(maxsize=1)

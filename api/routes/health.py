@@ -1,16 +1,22 @@
-"""Liveness, readiness (database and broker reachable) and Prometheus metrics."""
+"""Liveness, readiness (database and broker reachable; tiers some worker cannot load reported as
+degraded, still ready: the chain serves without them) and Prometheus metrics."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
 
 from api.deps import DatabaseDep
+from core.inference.availability import TierReports, describe
+from core.inference.registry import all_tasks
+
+log = structlog.get_logger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -27,10 +33,24 @@ def readyz(request: Request, database: DatabaseDep) -> JSONResponse:
         "broker": _check_broker(request),
     }
     ready = all(check == "ok" for check in checks.values())
+    tiers = _unavailable_tiers(request) if ready else {}
+    status = ("degraded" if tiers else "ready") if ready else "unavailable"
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": status, "checks": checks, "tiers": tiers},
         status_code=200 if ready else 503,
     )
+
+
+def _unavailable_tiers(request: Request) -> dict[str, str]:
+    """ "task:tier" -> why, for the tiers some worker reports it cannot load."""
+    reports = TierReports(request.app.state.settings.resolved_cache_url)
+    pairs = [(spec.name, tier.tier) for spec in all_tasks().values() for tier in spec.chain]
+    try:
+        down = reports.unavailable(pairs)
+    except Exception as exc:  # readiness is about serving: an unreadable report is not a 503
+        log.warning("tier_reports_unreadable", error=repr(exc))
+        return {}
+    return {f"{task}:{tier}": describe(errors) for (task, tier), errors in down.items()}
 
 
 def _check_database(database: Any) -> str:

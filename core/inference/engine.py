@@ -1,9 +1,11 @@
 """Runs a task's fallback chain over a batch of texts: length-bucketed sub-batches under a token
 budget, poison inputs isolated by splitting, and a tier skipped on an exception, a per-batch
-deadline or an open circuit — each skip counted with its reason.
+deadline, an open circuit or a model that cannot load — each skip counted with its reason.
 
 One engine per worker process. Models are loaded lazily (or by ``warm_up`` in the worker's
-process-init hook), never at import and never in a parent process that later forks.
+process-init hook), never at import and never in a parent process that later forks. A tier whose
+model cannot load in this process is remembered as down (see ``_Down``) and skipped without
+another attempt, and reported to ``TierReports`` so that the API can say which tier is down.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import pybreaker
 import structlog
 
 from core.config import BatchPolicy
+from core.inference.availability import TierReports
 from core.inference.circuit import Circuits
-from core.inference.registry import TierSpec, adapter_class, get_task
+from core.inference.registry import TierSpec, adapter_class, get_task, tier_version
 from core.inference.types import Prediction
 from core.telemetry.metrics import FALLBACKS
 
@@ -57,6 +60,39 @@ class TierFailed(Exception):
     """A tier produced nothing for the inputs it was given (counted by the circuit breaker)."""
 
 
+class TierUnavailable(Exception):
+    """A tier's model cannot be loaded in this process; the chain moves on without it."""
+
+
+# How long a tier whose load failed for another reason than a missing module (an unreadable
+# artefact, a CUDA error) waits before the next load, when no circuit policy says otherwise.
+DEFAULT_LOAD_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class _Down:
+    """A tier that failed to load in this process, and when (monotonic) to try loading it again.
+
+    An ImportError is never retried: the packages of a running process do not change under it
+    (fixing it means installing the `model` extra and restarting the worker), and importing again
+    on every batch would only repeat the failure and its cost. Any other load error may be
+    passing (a file being replaced, a device busy), so it is retried after a back-off — the
+    circuit recovery time — and meanwhile the tier is skipped without a load.
+    """
+
+    error: str
+    retry_at: float | None
+
+    @classmethod
+    def of(cls, exc: BaseException, retry_seconds: float) -> _Down:
+        if isinstance(exc, ImportError):
+            return cls(str(exc) or repr(exc), None)
+        return cls(str(exc) or repr(exc), time.monotonic() + retry_seconds)
+
+    def retry_due(self) -> bool:
+        return self.retry_at is not None and time.monotonic() >= self.retry_at
+
+
 @dataclass
 class _Attempt:
     """What one tier did with the inputs it was given."""
@@ -78,38 +114,110 @@ class InferenceEngine:
         *,
         circuits: Circuits | None = None,
         policies: dict[str, BatchPolicy] | None = None,
+        reports: TierReports | None = None,
+        load_retry_seconds: float | None = None,
     ) -> None:
         self.device = device
         self.circuits = circuits
         self.policies = policies or {}
+        self.reports = reports
+        if load_retry_seconds is None:
+            load_retry_seconds = (
+                circuits.policy.recovery_seconds if circuits else DEFAULT_LOAD_RETRY_SECONDS
+            )
+        self.load_retry_seconds = load_retry_seconds
         self._models: dict[tuple[str, str], ModelAdapter] = {}
+        self._down: dict[tuple[str, str], _Down] = {}
         self._lock = threading.Lock()
 
     def policy(self, task: str) -> BatchPolicy:
         return self.policies.get(task) or self.policies.get("default") or BatchPolicy()
 
     def model(self, task: str, tier: TierSpec) -> ModelAdapter:
+        """The tier's loaded model; TierUnavailable when it cannot load in this process."""
         key = (task, tier.tier)
         with self._lock:
-            if key not in self._models:
-                model = adapter_class(tier).load(device=self.device)
+            if key in self._models:
+                return self._models[key]
+            was_down = self._down.get(key)
+            if was_down is not None and not was_down.retry_due():
+                raise TierUnavailable(was_down.error)
+            try:
+                model: ModelAdapter = adapter_class(tier).load(device=self.device)
+            except Exception as exc:  # remembered, counted, logged and reported: never hidden
+                down = self._down[key] = _Down.of(exc, self.load_retry_seconds)
+                failure: Exception | None = exc
+            else:
                 self._models[key] = model
-                log.info(
-                    "model_loaded",
-                    task=task,
-                    tier=tier.tier,
-                    device=self.device,
-                    precision=getattr(model, "precision", None),
-                )
-            return self._models[key]
+                self._down.pop(key, None)
+                failure = None
+        if failure is not None:
+            self._mark_down(task, tier.tier, down, failure)
+            raise TierUnavailable(down.error) from failure
+        if was_down is not None and self.reports is not None:
+            self.reports.up(task, tier.tier)
+        log.info(
+            "model_loaded",
+            task=task,
+            tier=tier.tier,
+            device=self.device,
+            precision=getattr(model, "precision", None),
+        )
+        return model
+
+    def _mark_down(self, task: str, tier: str, down: _Down, exc: Exception) -> None:
+        log.error(
+            "tier_unavailable",
+            task=task,
+            tier=tier,
+            error=down.error,
+            error_type=type(exc).__name__,
+            retry_in_seconds=None if down.retry_at is None else self.load_retry_seconds,
+        )
+        if self.reports is not None:
+            self.reports.down(task, tier, down.error)
+
+    def unavailable(self) -> dict[str, str]:
+        """The tiers this process cannot load, as "task:tier" -> error."""
+        with self._lock:
+            return {f"{task}:{tier}": down.error for (task, tier), down in self._down.items()}
 
     def primary(self, task: str) -> ModelAdapter:
         return self.model(task, get_task(task).chain[0])
 
-    def warm_up(self, tasks: Sequence[str]) -> None:
+    def primary_version(self, task: str) -> str | None:
+        """The version results of the primary tier are cached under: from its files when the
+        adapter can tell, else from the loaded model; None when neither is known (the primary
+        cannot load here), and then the cache is not consulted."""
+        tier = get_task(task).chain[0]
+        try:
+            version = tier_version(task, tier.tier)
+        except (ImportError, OSError) as exc:  # e.g. the base model's package is not installed
+            log.warning("tier_version_unknown", task=task, tier=tier.tier, error=str(exc))
+            version = None
+        if version is not None:
+            return version
+        try:
+            return self.model(task, tier).version
+        except TierUnavailable:
+            return None
+
+    def warm_up(self, tasks: Sequence[str]) -> dict[str, str]:
+        """Load and exercise every tier of these tasks that can load; the ones that cannot are
+        returned ("task:tier" -> error) and left to the rest of their chain."""
         for task in tasks:
             for tier in get_task(task).chain:
-                self.model(task, tier).predict(["warm up"])
+                try:
+                    self.model(task, tier).predict(["warm up"])
+                except TierUnavailable:
+                    continue  # already logged as tier_unavailable
+                except Exception as exc:  # loaded but failing: the circuit breaker takes it on
+                    log.error("warm_up_failed", task=task, tier=tier.tier, error=repr(exc))
+        return {
+            name: error
+            for name, error in self.unavailable().items()
+            if name.split(":", 1)[0] in tasks
+        }
 
     def run(self, task: str, texts: Sequence[str]) -> list[Outcome]:
         """Exactly one outcome per text, in order."""
@@ -122,11 +230,16 @@ class InferenceEngine:
             if self.circuits is not None and self.circuits.forced_open(task, tier.tier):
                 self._fell_back(task, tier.tier, "forced_open", pending, reasons)
                 continue
-            attempt = self._attempt(task, tier, texts, pending)
+            # Loaded outside the circuit breaker: a tier this process cannot load says nothing
+            # about the tier in the other workers that share the breaker's state.
+            adapter = self._loaded(task, tier)
+            if isinstance(adapter, TierUnavailable):
+                self._fell_back(task, tier.tier, "unavailable", pending, reasons, detail=adapter)
+                continue
+            attempt = self._attempt(task, tier, adapter, texts, pending)
             if attempt is None:
                 self._fell_back(task, tier.tier, "circuit_open", pending, reasons)
                 continue
-            adapter = self.model(task, tier)
             for index, prediction in attempt.done.items():
                 outcomes[index] = Output(
                     prediction, adapter.name, adapter.version, tier.tier, degraded=position > 0
@@ -141,6 +254,14 @@ class InferenceEngine:
         assert len(outcomes) == len(texts), "one outcome per input"
         return [outcomes[i] for i in range(len(texts))]
 
+    def _loaded(self, task: str, tier: TierSpec) -> ModelAdapter | TierUnavailable:
+        try:
+            return self.model(task, tier)
+        except TierUnavailable as exc:
+            if self.reports is not None:  # refreshed while batches keep skipping the tier
+                self.reports.down(task, tier.tier, str(exc))
+            return exc
+
     def _fell_back(
         self,
         task: str,
@@ -150,17 +271,24 @@ class InferenceEngine:
         reasons: dict[int, list[str]],
         *,
         note: bool = True,
+        detail: Exception | None = None,
     ) -> None:
         if not indices:
             return
         FALLBACKS.labels(task, tier, reason).inc(len(indices))
         if note:
+            said = reason.replace("_", " ") + (f" ({detail})" if detail else "")
             for index in indices:
-                reasons[index].append(f"{tier}: {reason.replace('_', ' ')}")
+                reasons[index].append(f"{tier}: {said}")
         log.warning("tier_skipped", task=task, tier=tier, reason=reason, inputs=len(indices))
 
     def _attempt(
-        self, task: str, tier: TierSpec, texts: Sequence[str], indices: list[int]
+        self,
+        task: str,
+        tier: TierSpec,
+        adapter: ModelAdapter,
+        texts: Sequence[str],
+        indices: list[int],
     ) -> _Attempt | None:
         """Run one tier through its circuit breaker, or None when the circuit is open. The breaker
         counts a failure only when the tier produced nothing (one poison input does not trip it)."""
@@ -172,7 +300,6 @@ class InferenceEngine:
         def run_tier() -> None:
             nonlocal ran
             ran = True
-            adapter = self.model(task, tier)
             for batch in self._batches(adapter, texts, indices, policy):
                 if time.monotonic() > deadline:
                     attempt.skipped.extend(batch)
@@ -191,7 +318,7 @@ class InferenceEngine:
                 return None
         except TierFailed:
             pass
-        except Exception as exc:  # the tier could not even load: every input moves on
+        except Exception as exc:  # the tier broke outside a forward pass: every input moves on
             for index in indices:
                 if index not in attempt.done:
                     attempt.failed.setdefault(index, repr(exc))

@@ -112,9 +112,11 @@ def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:
 
 def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> dict[int, Outcome]:
     """Outcomes by item id: cache hits first (L1 Redis, then L3 stored results), then the
-    fallback chain for the rest."""
-    primary = worker.engine.primary(task)
-    hits = _cached(worker, task, primary.version, [item.input_hash for item in items])
+    fallback chain for the rest. The cache is skipped when the primary tier's version is
+    unknown (it cannot load here and its files do not tell)."""
+    version = worker.engine.primary_version(task)
+    hashes = [item.input_hash for item in items]
+    hits = _cached(worker, task, version, hashes) if version is not None else {}
     outcomes: dict[int, Outcome] = {}
     misses: list[ClaimedItem] = []
     for item in items:

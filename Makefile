@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test unit integration lint typecheck train evaluate clean
+.PHONY: install run test unit integration chaos lint typecheck train evaluate clean
 
 $(BIN)/inferq: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ unit: install
 
 integration: install
 	$(BIN)/pytest tests/integration tests/chaos
+
+# The heavy chaos run: the same scenarios as `make test`, sized up (30 worker SIGKILLs during
+# 10,000 inputs, 20,000 Kafka requests, ...). Figures in var/chaos-summary.json.
+chaos: install
+	INFERQ_CHAOS_SCALE=full $(BIN)/pytest tests/chaos -m chaos -rxX
 
 lint: install
 	$(BIN)/ruff check .

@@ -646,6 +646,7 @@ def test_failing_model_fails_items_after_max_attempts(
     assert len(sent) == 2  # no third dispatch
 
 
+@pytest.mark.usefixtures("fake_tasks")
 def test_a_submit_where_the_primary_models_package_is_missing_skips_the_cache(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.chaos.scale import record_figures
 from tests.services import Stack, wait_for
 
 pytestmark = pytest.mark.chaos
@@ -60,11 +61,12 @@ def fallbacks_unavailable(stack: Stack) -> float:
 
 
 def test_a_worker_without_transformers_finishes_jobs_on_the_fallback_tier_without_beat(
-    stack_factory: Any, tmp_path: Path, request: pytest.FixtureRequest
+    chaos_stack: Any, tmp_path: Path
 ) -> None:
     shadow = shadow_transformers(tmp_path)
     python_path = os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")]))
-    stack: Stack = stack_factory(PYTHONPATH=python_path)
+    stack: Stack
+    stack, _ = chaos_stack(PYTHONPATH=python_path)
     key = stack.run("keys", "create", "no-model-extra")
     api = stack.start_api()
     stack.start_worker()  # no beat: nothing but the worker itself can finish the job
@@ -82,8 +84,8 @@ def test_a_worker_without_transformers_finishes_jobs_on_the_fallback_tier_withou
 
     results = job.get("results") or []
     tiers = Counter(result["tier"] for result in results)
-    record(
-        request,
+    record_figures(
+        "tier_unavailable",
         items=len(INPUTS),
         status=job["status"],
         seconds_submit_to_finished=round(seconds, 2),
@@ -113,14 +115,3 @@ def test_a_worker_without_transformers_finishes_jobs_on_the_fallback_tier_withou
         "rules": "ok",
     }
     assert fallbacks_unavailable(stack) >= len(INPUTS)
-
-
-def record(request: pytest.FixtureRequest, **figures: Any) -> None:
-    """Figures for the chaos summary: a `CHAOS-SUMMARY` JSON line, and the `figures` fixture of
-    tests/chaos/conftest.py where it exists."""
-    print("CHAOS-SUMMARY " + json.dumps({"scenario": "tier_unavailable", **figures}))
-    try:
-        collected = request.getfixturevalue("figures")
-    except pytest.FixtureLookupError:
-        return
-    collected.update(figures)

@@ -55,6 +55,26 @@ class TokenBudgetBatches(Batches):  # type: ignore[misc]
         return self.policies.get(task) or self.policies["default"]
 
     def Strategy(self, task: Any, app: Any, consumer: Any) -> Callable[..., None]:
+        """Called each time the consumer (re)connects. After a broker connection loss the pool
+        children that held batches are terminated (worker_cancel_long_running_tasks_on_
+        connection_loss) without either callback firing, and the waiting messages belong to
+        the dead connection (they cannot be acked; the broker or the sweeper sends their items
+        again). So every (re)start begins with free slots and an empty wait list, or the
+        worker would wait forever for batches that will never return."""
+        if self._in_flight or self._waiting:
+            log.warning(
+                "batches_reset_on_reconnect",
+                in_flight=self._in_flight,
+                waiting_messages=len(self._waiting),
+            )
+        self._in_flight = 0
+        self._waiting = []
+        while not self._buffer.empty():
+            self._buffer.get_nowait()
+        timer: Any = getattr(self, "_tref", None)
+        if timer is not None:  # restarted by the first message of the new connection
+            timer.cancel()
+            self._tref = None
         buffer_message = super().Strategy(task, app, consumer)
 
         def handle(

@@ -205,10 +205,12 @@ class Ingest:
     ) -> Rejected | None:
         """Submit one request unless its record was submitted before; a reason if refused."""
         where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
-        seen = select(KafkaRecord.id).filter_by(**where)
-        if session.scalar(seen) is not None:
+        earlier = session.scalars(select(KafkaRecord.message_id).filter_by(**where)).all()
+        if request.id in earlier:
             log.info("kafka_record_redelivered", **where)
             return None
+        if earlier:  # this position held another request: the broker lost its log
+            log.warning("kafka_offset_reused", earlier_ids=earlier[:3], id=request.id, **where)
         try:
             with session.begin_nested():
                 submitted = self._submit_new(session, tenant_id, record, request)

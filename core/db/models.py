@@ -171,12 +171,16 @@ class OutboxMessage(Base):
 class KafkaRecord(Base):
     """The Kafka record a job came from, written in the transaction that submitted the job.
 
-    A redelivered record finds its row and is skipped; the job's idempotency key (the message id)
-    catches the same message produced twice at two offsets."""
+    A redelivered record finds its row (same position, same message id) and is skipped; the
+    job's idempotency key (the message id) catches the same message produced twice at two
+    offsets. The message id is part of the key because a broker that lost its log hands out
+    offsets again: a new request at a reused offset is not a redelivery."""
 
     __tablename__ = "kafka_records"
     __table_args__ = (
-        UniqueConstraint("topic", "partition", "offset", name="uq_kafka_records_position"),
+        UniqueConstraint(
+            "topic", "partition", "offset", "message_id", name="uq_kafka_records_record"
+        ),
         Index("ix_kafka_records_job", "job_id"),
     )
 

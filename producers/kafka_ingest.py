@@ -249,8 +249,11 @@ class Ingest:
         position = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         session.add(KafkaRecord(**position, message_id=request.id, job_id=job.id))
         session.flush()
-        if submitted.created and job.status in TERMINAL_JOB:
-            # Answered from the cache inside submit_job, before this record existed.
+        if job.status in TERMINAL_JOB:
+            # Answered from the cache inside submit_job, before this record existed, or the same
+            # request sent again after its job finished: publish its result (again; results
+            # are at least once, keyed by the request's id). A job still running publishes it
+            # when it settles.
             outbox.add_kafka_result(session, job)
         return submitted
 

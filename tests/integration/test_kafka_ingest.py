@@ -132,6 +132,27 @@ def test_a_request_answered_from_the_cache_still_gets_its_result_record(
     assert result["result"]["cached"] is True
 
 
+def test_a_request_sent_again_after_its_job_finished_is_answered_again(
+    broker: Broker, kafka: Deployment, database: Database
+) -> None:
+    request = _request(f"{NEGATIVE} once more")
+    broker.produce_json(REQUESTS, [request])
+    _results_for(broker, [request["id"]])
+
+    broker.produce_json(REQUESTS, [request])  # the producer retried after it was answered
+
+    def answered_twice(records: list[Message]) -> bool:
+        return sum((m.key() or b"").decode() == request["id"] for m in records) >= 2
+
+    records = [
+        m
+        for m in broker.read(RESULTS, answered_twice)
+        if (m.key() or b"") == request["id"].encode()
+    ]
+    assert len(records) == 2 and records[0].value() == records[1].value()
+    assert _jobs_per_id(database, [request["id"]]) == {request["id"]: 1}
+
+
 def test_redelivered_records_never_create_a_second_job(
     broker: Broker, kafka: Deployment, database: Database, tmp_path: Path
 ) -> None:

@@ -23,6 +23,13 @@ from tests.services import wait_for
 pytestmark = pytest.mark.chaos
 
 SCHEDULE = "0,1,1,2,2,2,3,3,3,3,3,3"  # seconds: the Svix shape, compressed
+# Deliveries to the loopback receiver, retried and re-dispatched within seconds.
+FAST_WEBHOOKS = {
+    "INFERQ_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    "INFERQ_WEBHOOK_RETRY_SCHEDULE": SCHEDULE,
+    "INFERQ_WEBHOOK_DISPATCH_INTERVAL_SECONDS": "0.5",
+    "INFERQ_WEBHOOK_REDISPATCH_AFTER_SECONDS": "5",
+}
 
 
 def _deliveries(database: Database) -> list[WebhookDelivery]:
@@ -37,12 +44,7 @@ def test_a_receiver_down_for_the_first_attempts_gets_every_event_once(
     jobs = scaled(ci=40, full=400)
     refused_seconds = scaled(ci=4, full=8)
     errors_to_answer = scaled(ci=60, full=600)
-    stack, pg_url = chaos_stack(  # type: ignore[operator]
-        INFERQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
-        INFERQ_WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
-        INFERQ_WEBHOOK_DISPATCH_INTERVAL_SECONDS="0.5",
-        INFERQ_WEBHOOK_REDISPATCH_AFTER_SECONDS="5",
-    )
+    stack, pg_url = chaos_stack(**FAST_WEBHOOKS)  # type: ignore[operator]
     key = stack.run("keys", "create", "hooks")
     api = stack.start_api()
     stack.start("beat", "beat")
@@ -131,12 +133,7 @@ def test_a_sender_killed_mid_attempt_leaves_no_event_undelivered(chaos_stack: ob
     jobs = scaled(ci=20, full=200)
     kills = scaled(ci=2, full=6)
     stack, pg_url = chaos_stack(  # type: ignore[operator]
-        INFERQ_WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
-        INFERQ_WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
-        INFERQ_WEBHOOK_TIMEOUT_SECONDS="3",
-        INFERQ_WEBHOOK_DISPATCH_INTERVAL_SECONDS="0.5",
-        INFERQ_WEBHOOK_REDISPATCH_AFTER_SECONDS="5",
-        INFERQ_WEBHOOK_CONCURRENCY="4",
+        **FAST_WEBHOOKS, INFERQ_WEBHOOK_TIMEOUT_SECONDS="3", INFERQ_WEBHOOK_CONCURRENCY="4"
     )
     key = stack.run("keys", "create", "hooks")
     api = stack.start_api()

@@ -254,7 +254,7 @@ class Ingest:
             # request sent again after its job finished: publish its result (again; results
             # are at least once, keyed by the request's id). A job still running publishes it
             # when it settles.
-            outbox.add_kafka_result(session, job)
+            outbox.add_kafka_results(session, [job])
         return submitted
 
     def _store_offsets(self, records: Sequence[Record]) -> None:

@@ -21,7 +21,7 @@ from core.db.session import Database, after_commit, retry_transient
 from core.inference.cache import CachedResult, RedisCache, lookup
 from core.inference.engine import Failure, InferenceEngine, Outcome, Output
 from core.jobs import outbox
-from core.jobs.lifecycle import Claim, ClaimedItem, claim_items, record_results, release_items
+from core.jobs.lifecycle import Claim, ClaimedItem, claim_many, record_many, release_items
 from core.telemetry.metrics import BATCH_ITEMS, BATCH_SECONDS, ITEMS_FINISHED
 
 log = structlog.get_logger(__name__)
@@ -89,25 +89,19 @@ def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
 
 def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:
     settings = worker.settings
-    claims: list[Claim] = []
-    # One claim per job, however many of its chunks the batch holds (a 512-item batch is 16
-    # messages of 32 but usually two or three jobs): each claim locks the job and runs its queries.
+    # One claim per job, however many of its chunks the batch holds, and one set of statements
+    # for all the jobs of the batch (often hundreds of single-input jobs).
     by_job: dict[uuid.UUID, list[int]] = defaultdict(list)
     for delivery in deliveries:
         by_job[delivery.job_id].extend(delivery.item_ids)
     with worker.database.transaction() as session:
-        # Jobs are locked in id order by every writer, so two batches never deadlock.
-        for job_id in sorted(by_job):
-            claim = claim_items(
-                session,
-                job_id,
-                by_job[job_id],
-                lease_seconds=settings.lease_seconds,
-                max_attempts=settings.max_attempts,
-            )
-            if claim is not None and claim.items:
-                claims.append(claim)
-    return claims
+        claims = claim_many(
+            session,
+            by_job,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+    return [claims[job_id] for job_id in sorted(claims) if claims[job_id].items]
 
 
 def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> dict[int, Outcome]:
@@ -142,21 +136,18 @@ def _cached(worker: Worker, task: str, version: str, hashes: list[str]) -> dict[
 
 def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -> RunReport:
     settings = worker.settings
-    written = cached = retried = 0
+    cached = retried = 0
     fresh: dict[str, list[tuple[str, CachedResult]]] = defaultdict(list)
     with worker.database.transaction() as session:
-        for claim in sorted(claims, key=lambda c: c.job_id):
-            done = [(item, o) for item in claim.items if isinstance(o := outcomes[item.id], Output)]
-            failed = {
-                item.id: o.reason
-                for item in claim.items
-                if isinstance(o := outcomes[item.id], Failure)
-            }
-            written += record_results(session, claim.job_id, done)
-            cached += sum(1 for _, output in done if output.cached)
-            for tier, count in Counter(output.tier for _, output in done).items():
+        done: dict[uuid.UUID, list[tuple[ClaimedItem, Output]]] = {}
+        for claim in claims:
+            done[claim.job_id] = [
+                (item, o) for item in claim.items if isinstance(o := outcomes[item.id], Output)
+            ]
+            for tier, count in Counter(output.tier for _, output in done[claim.job_id]).items():
                 ITEMS_FINISHED.labels(claim.task, tier, "succeeded").inc(count)
-            for item, output in done:
+            for item, output in done[claim.job_id]:
+                cached += output.cached
                 if output.tier == "primary" and not output.cached:
                     fresh[claim.task].append(
                         (
@@ -164,6 +155,13 @@ def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -
                             CachedResult(output.model, output.version, output.prediction),
                         )
                     )
+        written = sum(record_many(session, done).values())
+        for claim in sorted(claims, key=lambda c: c.job_id):
+            failed = {
+                item.id: o.reason
+                for item in claim.items
+                if isinstance(o := outcomes[item.id], Failure)
+            }
             retried += _release(session, settings, claim, failed)
         if worker.cache is not None and fresh:
             after_commit(session, _fill_l1(worker.cache, fresh))

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, column, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -28,8 +29,14 @@ RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 def announce_finished(session: Session, job_id: uuid.UUID) -> None:
     """Queue the notification in the caller's transaction; sent at its commit, if it commits."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(CHANNEL, str(job_id))))
+    announce_finished_many(session, [job_id])
+
+
+def announce_finished_many(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """One notification per job, queued by one statement (a batch finishes many jobs)."""
+    if job_ids and session.get_bind().dialect.name == "postgresql":
+        ids = func.unnest(cast([str(job_id) for job_id in job_ids], ARRAY(Text)))
+        session.execute(select(func.pg_notify(CHANNEL, column("id"))).select_from(ids.alias("id")))
 
 
 class Watch:

@@ -1,26 +1,32 @@
 """What a worker does to items: claim them under a lease, record their results, release them
 after a failed attempt, and settle the job once every item is terminal.
 
-Each function runs inside the caller's transaction and locks the job row first, so concurrent
-workers finishing chunks of the same job settle it exactly once.
+Each function runs inside the caller's transaction and locks the job rows first (in id order,
+as every writer does, so two batches never deadlock), so concurrent workers finishing chunks of
+the same job settle it exactly once.
+
+A worker's micro-batch often holds hundreds of single-input jobs. So claiming and recording are
+set-based (``claim_many``, ``record_many``): a fixed handful of statements per batch, whatever the
+number of jobs in it, instead of a handful per job; the one-job forms wrap them.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Label, Row, func, select, update
+from sqlalchemy import Label, Row, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core.db.bulk import among, insert_rows
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
 from core.jobs import outbox
-from core.jobs.finished import announce_finished
+from core.jobs.finished import announce_finished_many
 from core.jobs.state import (
     TERMINAL_ITEM,
     TERMINAL_JOB,
@@ -53,6 +59,21 @@ def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
     return session.get(Job, job_id, with_for_update=True, populate_existing=True)
 
 
+def lock_jobs(session: Session, job_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Job]:
+    """Lock these jobs in one statement, in id order. Missing ids are left out."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    query = (
+        select(Job)
+        .where(among(session, Job.id, ids))
+        .order_by(Job.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return {job.id: job for job in session.scalars(query)}
+
+
 def _lock_items(session: Session, job_id: uuid.UUID, item_ids: Sequence[int]) -> list[JobItem]:
     query = (
         select(JobItem)
@@ -66,7 +87,7 @@ def _lock_items(session: Session, job_id: uuid.UUID, item_ids: Sequence[int]) ->
 
 # The claim and record paths run on every batch, so they read plain rows and write with one
 # UPDATE per outcome instead of loading and flushing ORM objects (~100 ms per 512-item batch).
-_STATUS_COLUMNS = (JobItem.id, JobItem.status)
+_STATUS_COLUMNS = (JobItem.id, JobItem.job_id, JobItem.status)
 _CLAIM_COLUMNS = (
     *_STATUS_COLUMNS,
     JobItem.index.label("position"),  # a row is a tuple: "index" is taken by tuple.index()
@@ -80,17 +101,20 @@ _CLAIM_COLUMNS = (
 
 def _locked_rows(
     session: Session,
-    job_id: uuid.UUID,
-    item_ids: Sequence[int],
+    requested: Mapping[uuid.UUID, Sequence[int]],
     columns: Sequence[InstrumentedAttribute[Any] | Label[Any]],
 ) -> Sequence[Row[Any]]:
+    """The requested items, locked, in id order; an id that is not its job's is left out."""
+    wanted = {(job_id, item_id) for job_id, ids in requested.items() for item_id in ids}
+    if not wanted:
+        return []
     query = (
         select(*columns)
-        .where(JobItem.job_id == job_id, among(session, JobItem.id, item_ids))
+        .where(among(session, JobItem.id, sorted({item_id for _, item_id in wanted})))
         .order_by(JobItem.id)
         .with_for_update()
     )
-    return session.execute(query).all()
+    return [row for row in session.execute(query) if (row.job_id, row.id) in wanted]
 
 
 def _set_items(session: Session, item_ids: Sequence[int], **values: Any) -> None:
@@ -111,15 +135,34 @@ def claim_items(
     lease_seconds: float,
     max_attempts: int,
 ) -> Claim | None:
-    """Lease the items that are free to run. Items finished, leased by a live worker, or in a
-    cancelled job are skipped, which makes a redelivered message harmless."""
-    job = lock_job(session, job_id)
-    if job is None or job.status in TERMINAL_JOB:
-        return None
+    """``claim_many`` for one job: None when the job is gone or already over."""
+    claims = claim_many(
+        session, {job_id: item_ids}, lease_seconds=lease_seconds, max_attempts=max_attempts
+    )
+    return claims.get(job_id)
+
+
+def claim_many(
+    session: Session,
+    requested: Mapping[uuid.UUID, Sequence[int]],
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+) -> dict[uuid.UUID, Claim]:
+    """Lease the items that are free to run, for every job of a batch at once. Items finished,
+    leased by a live worker, or in a cancelled job are skipped, which makes a redelivered
+    message harmless. A job that is gone or over gets no claim; the others get one each,
+    perhaps with no items."""
+    jobs = {
+        job_id: job
+        for job_id, job in lock_jobs(session, requested).items()
+        if job.status not in TERMINAL_JOB
+    }
     now = utcnow()
-    claimed: list[ClaimedItem] = []
-    gave_up = False
-    for item in _locked_rows(session, job_id, item_ids, _CLAIM_COLUMNS):
+    claimed: dict[uuid.UUID, list[ClaimedItem]] = {job_id: [] for job_id in jobs}
+    gave_up: set[uuid.UUID] = set()
+    rows = _locked_rows(session, {j: requested[j] for j in jobs}, _CLAIM_COLUMNS)
+    for item in rows:
         lease_over = item.leased_until is None or item.leased_until <= now
         if item.status == ItemStatus.RUNNING and not lease_over:
             continue
@@ -132,40 +175,54 @@ def claim_items(
             )
             failed = item_transition(item.status, ItemStatus.FAILED)
             _set_items(session, [item.id], status=failed, error=reason)
-            gave_up = True
+            gave_up.add(item.job_id)
             continue
         item_transition(item.status, ItemStatus.RUNNING)
-        claimed.append(ClaimedItem(item.id, item.position, item.text, item.input_hash))
+        claimed[item.job_id].append(ClaimedItem(item.id, item.position, item.text, item.input_hash))
     _set_items(
         session,
-        [item.id for item in claimed],
+        [item.id for items in claimed.values() for item in items],
         status=ItemStatus.RUNNING,
         attempts=JobItem.attempts + 1,
         leased_until=now + timedelta(seconds=lease_seconds),
     )
-    if claimed and job.status == JobStatus.QUEUED:
-        job.status = job_transition(job.status, JobStatus.RUNNING)
-    if gave_up:  # the only way a claim finishes an item, and so perhaps the job
-        settle_job(session, job)
-    return Claim(job.id, job.task, job.priority, claimed)
+    for job_id, job in jobs.items():
+        if claimed[job_id] and job.status == JobStatus.QUEUED:
+            job.status = job_transition(job.status, JobStatus.RUNNING)
+    # Giving up is the only way a claim finishes an item, and so perhaps its job.
+    settle_jobs(session, [jobs[job_id] for job_id in sorted(gave_up)])
+    return {
+        job_id: Claim(job_id, job.task, job.priority, claimed[job_id])
+        for job_id, job in jobs.items()
+    }
 
 
 def record_results(
     session: Session, job_id: uuid.UUID, outcomes: Sequence[tuple[ClaimedItem, Output]]
 ) -> int:
-    """Write one result per finished item (idempotent upsert) and mark the items succeeded.
+    """``record_many`` for one job."""
+    return record_many(session, {job_id: outcomes}).get(job_id, 0)
 
-    Returns how many results this call wrote; a duplicate delivery writes none."""
-    job = lock_job(session, job_id)
-    if job is None:
-        return 0
-    by_id = {claimed.id: (claimed, output) for claimed, output in outcomes}
+
+def record_many(
+    session: Session,
+    outcomes: Mapping[uuid.UUID, Sequence[tuple[ClaimedItem, Output]]],
+) -> dict[uuid.UUID, int]:
+    """Write one result per finished item (idempotent) and mark the items succeeded, for every
+    job of a batch at once; then settle the jobs whose items are all terminal.
+
+    Returns how many results this call wrote per job; a duplicate delivery writes none."""
+    jobs = lock_jobs(session, outcomes)
+    by_id = {
+        claimed.id: (claimed, output) for job_id in jobs for claimed, output in outcomes[job_id]
+    }
+    requested = {job_id: [claimed.id for claimed, _ in outcomes[job_id]] for job_id in jobs}
     live = [
         item
-        for item in _locked_rows(session, job_id, list(by_id), _STATUS_COLUMNS)
+        for item in _locked_rows(session, requested, _STATUS_COLUMNS)
         if item.status not in TERMINAL_ITEM
     ]
-    insert_results(session, job, [by_id[item.id] for item in live])
+    _insert_result_rows(session, [(jobs[item.job_id], *by_id[item.id]) for item in live], utcnow())
     for item in live:
         item_transition(item.status, ItemStatus.SUCCEEDED)
     _set_items(
@@ -175,10 +232,13 @@ def record_results(
         leased_until=None,
         error=None,
     )
-    settle_job(session, job)
+    settle_jobs(session, jobs.values())
     # A result is only ever written in the transaction that makes its item succeed, so each
     # live (locked, unfinished) item had none: every one of them got its result now.
-    return len(live)
+    written: dict[uuid.UUID, int] = defaultdict(int)
+    for item in live:
+        written[item.job_id] += 1
+    return dict(written)
 
 
 def release_items(
@@ -208,23 +268,39 @@ def release_items(
 
 
 def settle_job(session: Session, job: Job) -> None:
-    if job.status in TERMINAL_JOB:
+    settle_jobs(session, [job])
+
+
+def settle_jobs(session: Session, jobs: Iterable[Job]) -> None:
+    """Finish the jobs (locked by the caller) whose items are all terminal: their status, and
+    in the same transaction their Kafka result row, webhook event and long-poll announcement."""
+    open_jobs = {job.id: job for job in jobs if job.status not in TERMINAL_JOB}
+    if not open_jobs:
         return
     session.flush()
-    counts = session.execute(
-        select(JobItem.status, func.count())
-        .where(JobItem.job_id == job.id)
-        .group_by(JobItem.status)
-    ).tuples()
-    target = settled_job_status([status for status, _ in counts])
-    if target is not None:
+    statuses: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for job_id, status in session.execute(
+        select(JobItem.job_id, JobItem.status)
+        .where(among(session, JobItem.job_id, list(open_jobs)))
+        .group_by(JobItem.job_id, JobItem.status)
+    ).tuples():
+        statuses[job_id].append(status)
+    finished: list[Job] = []
+    now = utcnow()
+    for job_id, job in open_jobs.items():
+        target = settled_job_status(statuses[job_id])
+        if target is None:
+            continue
         job.status = job_transition(job.status, target)
-        job.finished_at = utcnow()
+        job.finished_at = now
         if target == JobStatus.FAILED:
             job.error = "every input failed; see each input's error"
-        outbox.add_kafka_result(session, job)
-        deliveries.add_job_event(session, job)
-        announce_finished(session, job.id)
+        finished.append(job)
+    if finished:
+        outbox.add_kafka_results(session, finished)
+        for job in finished:
+            deliveries.add_job_event(session, job)
+        announce_finished_many(session, [job.id for job in finished])
 
 
 def retire(item: JobItem) -> None:
@@ -264,8 +340,19 @@ def _result_row(claimed: ClaimedItem, output: Output) -> dict[str, Any]:
 def insert_results(
     session: Session, job: Job, outcomes: Sequence[tuple[ClaimedItem, Output]]
 ) -> None:
-    """Insert one result row per outcome. Callers hold the items' locks and pass only items
-    that have no result yet; the unique item_id with DO NOTHING stays as the last guard."""
-    rows = [_result_row(claimed, output) for claimed, output in outcomes]
-    shared = {"job_id": job.id, "task": job.task, "created_at": utcnow()}
+    """Insert one result row per outcome of one job (see ``_insert_result_rows``)."""
+    _insert_result_rows(session, [(job, claimed, output) for claimed, output in outcomes], utcnow())
+
+
+def _insert_result_rows(
+    session: Session, outcomes: Sequence[tuple[Job, ClaimedItem, Output]], created_at: datetime
+) -> None:
+    """One INSERT for every outcome, whatever its job. Callers hold the items' locks and pass
+    only items that have no result yet; the unique item_id with DO NOTHING stays as the last
+    guard."""
+    rows = [
+        {**_result_row(claimed, output), "job_id": job.id, "task": job.task}
+        for job, claimed, output in outcomes
+    ]
+    shared = {"created_at": created_at}
     insert_rows(session, Result, rows, shared=shared, skip_conflicts_on=["item_id"])

@@ -14,6 +14,7 @@ sent); consumers of the results topic dedupe on the record key, the request's me
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 import structlog
@@ -21,6 +22,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
 from core.broker import get_celery, send_run_items
+from core.db.bulk import among
 from core.db.models import Job, KafkaRecord, OutboxMessage, utcnow
 from core.db.session import after_commit
 
@@ -76,19 +78,28 @@ def add_run_items(
     return ids
 
 
-def add_kafka_result(session: Session, job: Job) -> bool:
-    """When a job that came from Kafka is settled, a row in the same transaction asks for its
-    outcome to be published; the payload names the job, the record is built when it is sent.
-    Whether it came from Kafka is read from ``kafka_records``, which only ``inferq ingest``
-    writes, so no HTTP caller can publish a record under someone else's message id."""
-    message_id = session.scalar(
-        select(KafkaRecord.message_id).where(KafkaRecord.job_id == job.id).limit(1)
+def add_kafka_results(session: Session, jobs: Sequence[Job]) -> int:
+    """When jobs that came from Kafka are settled, a row each in the same transaction asks for
+    its outcome to be published; the payload names the job, the record is built when it is
+    sent. Whether a job came from Kafka is read from ``kafka_records`` (one query for all),
+    which only ``inferq ingest`` writes, so no HTTP caller can publish a record under someone
+    else's message id. Returns how many rows were added."""
+    if not jobs:
+        return 0
+    message_ids: dict[uuid.UUID, str] = {}
+    for job_id, message_id in session.execute(
+        select(KafkaRecord.job_id, KafkaRecord.message_id)
+        .where(among(session, KafkaRecord.job_id, [job.id for job in jobs]))
+        .order_by(KafkaRecord.id)
+    ).tuples():
+        message_ids.setdefault(job_id, message_id)
+    session.add_all(
+        OutboxMessage(
+            kind=KAFKA_RESULT_KIND, payload={"job_id": str(job_id), "message_id": message_id}
+        )
+        for job_id, message_id in message_ids.items()
     )
-    if message_id is None:
-        return False
-    payload = {"job_id": str(job.id), "message_id": message_id}
-    session.add(OutboxMessage(kind=KAFKA_RESULT_KIND, payload=payload))
-    return True
+    return len(message_ids)
 
 
 def send_to_celery(message: OutboxMessage) -> None:

@@ -26,8 +26,8 @@ from core.inference.engine import InferenceEngine, Output
 from core.inference.registry import TaskSpec, TierSpec
 from core.inference.types import Prediction
 from core.jobs.cancel import cancel_job
-from core.jobs.execute import Worker, run_items
-from core.jobs.lifecycle import ClaimedItem, claim_items, record_results
+from core.jobs.execute import Delivery, Worker, run_batch, run_items
+from core.jobs.lifecycle import ClaimedItem, claim_items, claim_many, record_many, record_results
 from core.jobs.queries import get_job, list_jobs
 from core.jobs.submit import JobRequest, Submitted, submit_job
 from core.jobs.sweeper import sweep
@@ -659,3 +659,89 @@ def test_a_submit_where_the_primary_models_package_is_missing_skips_the_cache(
     monkeypatch.setattr("core.jobs.submit.tier_version", missing)
     submitted = submit(db, tenant(db), ("good",), task="fake")
     assert submitted.created and submitted.job.status == "queued"
+
+
+# --- a batch of many jobs: set-based claim and record ---------------------------------------------
+
+
+def statements_run(db: Database, work: Any) -> int:
+    """How many SQL statements ``work()`` sends to the database."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def count_statement(*args: Any) -> None:
+        seen.append(args[2])
+
+    event.listen(db.engine, "before_cursor_execute", count_statement)
+    try:
+        work()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count_statement)
+    return len(seen)
+
+
+@pytest.mark.usefixtures("fake_tasks")
+def test_a_batch_of_single_input_jobs_runs_in_as_many_statements_as_one_job(
+    db: Database, sent: list[Sent]
+) -> None:
+    # A worker's micro-batch of interactive traffic is hundreds of one-input jobs: claiming and
+    # recording them must cost a fixed set of statements per batch, not a set per job.
+    config = settings()
+    tenant_id = tenant(db)
+    engine = InferenceEngine(device="cpu")
+
+    def batch_of(jobs: int) -> int:
+        sent.clear()
+        for n in range(jobs):
+            submit(db, tenant_id, [f"good film {jobs}-{n}"], task="fake", config=config)
+        deliveries = [Delivery(uuid.UUID(m.job_id), m.item_ids) for m in sent]
+        return statements_run(db, lambda: run_batch(Worker(db, engine, config), deliveries))
+
+    assert batch_of(1) == batch_of(40)
+    assert count(db, Result) == 41
+    assert count(db, Job, Job.status != "succeeded") == 0
+
+
+def test_claim_many_claims_each_jobs_own_items_and_skips_finished_jobs(db: Database) -> None:
+    tenant_id = tenant(db)
+    first, second, over = (submit(db, tenant_id, ["a", "b"]).job for _ in range(3))
+    with db.transaction() as session:
+        cancel_job(session, tenant_id, over.id)
+    # The second job's message names one of the first job's items too: it is not claimed there.
+    requested = {
+        first.id: item_ids(db, first.id),
+        second.id: [*item_ids(db, second.id), item_ids(db, first.id)[0]],
+        over.id: item_ids(db, over.id),
+    }
+    with db.transaction() as session:
+        claims = claim_many(session, requested, lease_seconds=60, max_attempts=3)
+    assert set(claims) == {first.id, second.id}
+    assert [i.id for i in claims[first.id].items] == item_ids(db, first.id)
+    assert [i.id for i in claims[second.id].items] == item_ids(db, second.id)
+    assert {job_row(db, job.id).status for job in (first, second)} == {"running"}
+
+
+def test_record_many_settles_every_finished_job_and_only_those(db: Database) -> None:
+    tenant_id = tenant(db)
+    whole, half = (submit(db, tenant_id, ["a", "b"]).job for _ in range(2))
+    with db.transaction() as session:
+        claims = claim_many(
+            session,
+            {job.id: item_ids(db, job.id) for job in (whole, half)},
+            lease_seconds=60,
+            max_attempts=3,
+        )
+    outcomes = {
+        whole.id: [(item, output()) for item in claims[whole.id].items],
+        half.id: [(claims[half.id].items[0], output())],
+    }
+    with db.transaction() as session:
+        written = record_many(session, outcomes)
+    assert written == {whole.id: 2, half.id: 1}
+    assert job_row(db, whole.id).status == "succeeded"
+    assert job_row(db, whole.id).finished_at is not None
+    assert job_row(db, half.id).status == "running"
+    with db.transaction() as session:  # the same outcomes again (a redelivery) write nothing
+        assert record_many(session, outcomes) == {}
+    assert count(db, Result) == 3

@@ -6,6 +6,8 @@ never import ``workers``; the worker registers the task bodies on this same app.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -92,19 +94,33 @@ def get_celery() -> Celery:
     return create_celery(get_settings())
 
 
+@dataclass(frozen=True)
+class RunItems:
+    """One job's share of a run-items message: the job and which of its items to run."""
+
+    job_id: str
+    item_ids: list[int]
+    request_id: str | None = None
+
+
 def send_run_items(
-    app: Celery,
-    job_id: str,
-    item_ids: list[int],
-    *,
-    queue: str,
-    request_id: str | None,
-    task: str | None = None,
-    tokens: int | None = None,
+    app: Celery, entries: Sequence[RunItems], *, queue: str, task: str | None, tokens: int | None
 ) -> None:
-    # The sizes ride along so the worker can flush a micro-batch on items or tokens unopened.
-    kwargs = {"request_id": request_id, "task": task, "n_items": len(item_ids), "tokens": tokens}
-    app.send_task(RUN_ITEMS, args=[job_id, item_ids], kwargs=kwargs, queue=queue)
+    """One message for the items of one or more jobs (of one task, for one queue). Many
+    single-input jobs share a message: a worker's micro-batch then takes a few messages instead
+    of hundreds, and the sender makes one broker round trip for all of them. The sizes ride
+    along so the worker can flush a micro-batch on items or tokens without opening the body."""
+    body = [[entry.job_id, entry.item_ids, entry.request_id] for entry in entries]
+    kwargs = {"task": task, "n_items": sum(len(e.item_ids) for e in entries), "tokens": tokens}
+    app.send_task(RUN_ITEMS, args=[body], kwargs=kwargs, queue=queue)
+
+
+def run_items_of(args: Sequence[Any], kwargs: dict[str, Any]) -> list[RunItems]:
+    """The entries of a run-items message. Messages sent before messages carried several jobs
+    (``args = [job_id, item_ids]``, ``request_id`` in kwargs) may still sit in a queue."""
+    if len(args) == 2 and isinstance(args[0], str):
+        return [RunItems(args[0], list(args[1]), kwargs.get("request_id"))]
+    return [RunItems(str(job_id), list(ids), request_id) for job_id, ids, request_id in args[0]]
 
 
 def send_delivery(app: Celery, delivery_id: int) -> None:

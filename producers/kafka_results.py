@@ -83,10 +83,11 @@ def publish_results(database: Database, producer: Producer, topic: str, limit: i
     with database.transaction() as session:
         outgoing: list[Outgoing] = []
 
-        def collect(message: OutboxMessage) -> None:
-            record = result_record(session, message.payload)
-            if record is not None:
-                outgoing.append(record)
+        def collect(messages: Sequence[OutboxMessage]) -> None:
+            for message in messages:
+                record = result_record(session, message.payload)
+                if record is not None:
+                    outgoing.append(record)
 
         relayed = outbox.relay(session, collect, kinds=(outbox.KAFKA_RESULT_KIND,), limit=limit)
         send_confirmed(producer, topic, outgoing)  # raises: the rows stay unsent

@@ -5,6 +5,12 @@ relay once that transaction commits (low latency); the periodic relay task sends
 immediate attempt missed (process died, broker down). A row sent twice is harmless: workers skip
 items that are already finished or leased.
 
+The immediate relay coalesces: while one thread of a process relays, rows that other threads
+commit meanwhile wait for it and go in its next round (one transaction and a few broker
+messages for many jobs, instead of both per job); with nobody relaying, a commit relays its own
+rows at once. Run-items rows of one task and queue are packed into shared messages of up to
+``chunk_size`` items, so a burst of single-input jobs costs a few broker messages.
+
 Each relay sends the kinds its sender knows: Celery's relay (beat, maintenance queue) the
 ``run_items`` rows, the Kafka results relay (``inferq ingest``) the ``kafka_result`` rows. Kept
 apart, a Kafka outage cannot hold up job dispatch, and workers need no Kafka client. A
@@ -14,14 +20,17 @@ sent); consumers of the results topic dedupe on the record key, the request's me
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
+from functools import partial
 
 import structlog
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.orm import Session
 
-from core.broker import get_celery, send_run_items
+from core.broker import RunItems, get_celery, send_run_items
 from core.db.bulk import among
 from core.db.models import Job, KafkaRecord, OutboxMessage, utcnow
 from core.db.session import after_commit
@@ -31,6 +40,7 @@ log = structlog.get_logger(__name__)
 RUN_ITEMS_KIND = "run_items"
 KAFKA_RESULT_KIND = "kafka_result"
 DEFAULT_TOKENS = 32  # token estimate of an item re-sent without its text at hand
+DEFAULT_MESSAGE_ITEMS = 32  # the periodic relay's message size (Settings.chunk_size's default)
 
 
 def estimate_tokens(text: str) -> int:
@@ -38,7 +48,7 @@ def estimate_tokens(text: str) -> int:
     return len(text) // 4 + 2
 
 
-Sender = Callable[[OutboxMessage], None]
+Sender = Callable[[Sequence[OutboxMessage]], None]
 
 
 def add_run_items(
@@ -74,7 +84,7 @@ def add_run_items(
     ids = [row.id for row in rows]
     engine = session.get_bind()
     assert isinstance(engine, Engine)
-    after_commit(session, lambda: relay_after_commit(engine, ids))
+    after_commit(session, lambda: relay_after_commit(engine, ids, chunk_size))
     return ids
 
 
@@ -102,19 +112,40 @@ def add_kafka_results(session: Session, jobs: Sequence[Job]) -> int:
     return len(message_ids)
 
 
-def send_to_celery(message: OutboxMessage) -> None:
-    if message.kind != RUN_ITEMS_KIND:
-        raise ValueError(f"unknown outbox message kind {message.kind!r}")
-    payload = message.payload
-    send_run_items(
-        get_celery(),
-        payload["job_id"],
-        payload["item_ids"],
-        queue=payload["queue"],
-        request_id=payload.get("request_id"),
-        task=payload.get("task"),
-        tokens=payload.get("tokens"),
-    )
+def send_to_celery(rows: Sequence[OutboxMessage], max_items: int = DEFAULT_MESSAGE_ITEMS) -> None:
+    """Run-items rows as broker messages: rows of one task and queue share a message until it
+    holds ``max_items`` items (a row is never split: it is one job's chunk)."""
+    groups: dict[tuple[str, str | None], list[OutboxMessage]] = defaultdict(list)
+    for row in rows:
+        if row.kind != RUN_ITEMS_KIND:
+            raise ValueError(f"unknown outbox message kind {row.kind!r}")
+        groups[(row.payload["queue"], row.payload.get("task"))].append(row)
+    app = get_celery()
+    for (queue, task), grouped in groups.items():
+        for message in _pack(grouped, max_items):
+            payloads = [row.payload for row in message]
+            send_run_items(
+                app,
+                [RunItems(p["job_id"], p["item_ids"], p.get("request_id")) for p in payloads],
+                queue=queue,
+                task=task,
+                tokens=sum(
+                    p.get("tokens") or DEFAULT_TOKENS * len(p["item_ids"]) for p in payloads
+                ),
+            )
+
+
+def _pack(rows: list[OutboxMessage], max_items: int) -> list[list[OutboxMessage]]:
+    messages: list[list[OutboxMessage]] = [[]]
+    items = 0
+    for row in rows:
+        size = len(row.payload["item_ids"])
+        if messages[-1] and items + size > max_items:
+            messages.append([])
+            items = 0
+        messages[-1].append(row)
+        items += size
+    return messages
 
 
 def relay(
@@ -136,20 +167,56 @@ def relay(
         .with_for_update(skip_locked=True)
     )
     if ids is not None:
-        query = query.where(OutboxMessage.id.in_(list(ids)))
+        query = query.where(among(session, OutboxMessage.id, list(ids)))
     rows = session.scalars(query).all()
-    for row in rows:
-        send(row)
-        row.sent_at = utcnow()
+    if rows:
+        send(rows)
+        session.execute(
+            update(OutboxMessage)
+            .where(among(session, OutboxMessage.id, [row.id for row in rows]))
+            .values(sent_at=utcnow()),
+            execution_options={"synchronize_session": False},
+        )
     return len(rows)
 
 
-def relay_after_commit(engine: Engine, ids: list[int]) -> None:
-    try:
-        with Session(engine) as session, session.begin():
-            relay(session, ids=ids)
-    except Exception as exc:  # the periodic relay will send these rows; the commit stands
-        log.warning("immediate_relay_failed", outbox_ids=ids, error=repr(exc))
+class _Coalescer:
+    """Rows committed while another thread of this process relays wait for that thread: it
+    relays them in its next round. Hand-written: a background thread would make a commit's own
+    send asynchronous even when nothing else is going on, and no library does this hand-off."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[Engine, list[int]] = defaultdict(list)
+        self._relaying: set[Engine] = set()
+
+    def relay(self, engine: Engine, ids: list[int], max_items: int) -> None:
+        with self._lock:
+            self._pending[engine].extend(ids)
+            if engine in self._relaying:
+                return  # the thread relaying for this engine takes them in its next round
+            self._relaying.add(engine)
+        while True:
+            with self._lock:
+                batch = self._pending.pop(engine, [])
+                if not batch:
+                    self._relaying.discard(engine)
+                    return
+            try:
+                with Session(engine) as session, session.begin():
+                    send = partial(send_to_celery, max_items=max_items)
+                    relay(session, send, ids=batch, limit=len(batch))
+            except Exception as exc:  # the periodic relay will send these rows; commits stand
+                log.warning("immediate_relay_failed", outbox_ids=batch[:50], error=repr(exc))
+
+
+_coalescer = _Coalescer()
+
+
+def relay_after_commit(
+    engine: Engine, ids: list[int], max_items: int = DEFAULT_MESSAGE_ITEMS
+) -> None:
+    _coalescer.relay(engine, ids, max_items)
 
 
 def purge_sent(session: Session, older_than_seconds: float) -> int:

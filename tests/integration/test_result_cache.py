@@ -35,7 +35,7 @@ def worker(pg_db: Database, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         "INFERQ_TASKS",
         json.dumps({"cached": {"chain": [{"tier": "primary", "adapter": "tests.fakes:Healthy"}]}}),
     )
-    monkeypatch.setattr("core.jobs.outbox.relay_after_commit", lambda engine, ids: None)
+    monkeypatch.setattr("core.jobs.outbox.relay_after_commit", lambda *_args: None)
     settings = get_settings()
     yield Worker(pg_db, InferenceEngine("cpu"), settings, RedisCache(redis_url, 60))
 

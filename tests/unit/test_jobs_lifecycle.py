@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
+from core.broker import RunItems
 from core.config import Settings
 from core.db.models import Job, JobItem, OutboxMessage, Result, utcnow
 from core.db.session import Database
@@ -92,16 +93,9 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
     """Every broker message the outbox relay sends, in order (the real relay, a fake broker)."""
     messages: list[Sent] = []
 
-    def record(
-        _app: Any,
-        job_id: str,
-        item_ids: list[int],
-        *,
-        queue: str,
-        request_id: str | None,
-        **_sizes: Any,
-    ) -> None:
-        messages.append(Sent(job_id, list(item_ids), queue, request_id))
+    def record(_app: Any, entries: Sequence[RunItems], *, queue: str, **_sizes: Any) -> None:
+        # One Sent per job a message carries (a message may carry several jobs' items).
+        messages.extend(Sent(e.job_id, list(e.item_ids), queue, e.request_id) for e in entries)
 
     monkeypatch.setattr("core.jobs.outbox.send_run_items", record)
     return messages

@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from core.broker import RUN_ITEMS
+from core.broker import RUN_ITEMS, run_items_of
 from core.config import get_settings
 from core.jobs import execute
 from workers import runtime
@@ -28,10 +28,9 @@ _policies = get_settings().batching
 )
 def run_items(requests: list[Any]) -> int:
     deliveries = [
-        execute.Delivery(
-            uuid.UUID(request.args[0]), list(request.args[1]), request.kwargs.get("request_id")
-        )
+        execute.Delivery(uuid.UUID(entry.job_id), entry.item_ids, entry.request_id)
         for request in requests
+        for entry in run_items_of(request.args, request.kwargs or {})
     ]
     request_ids = sorted({d.request_id for d in deliveries if d.request_id})
     with structlog.contextvars.bound_contextvars(request_ids=request_ids):

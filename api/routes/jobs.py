@@ -4,6 +4,7 @@ function and maps the result."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from typing import Annotated
@@ -13,14 +14,15 @@ from fastapi import APIRouter, Header, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import DatabaseDep, FinishedJobsDep, SessionDep, SettingsDep, TenantDep
+from core.config import Settings
 from core.db.session import Database
 from core.errors import InvalidInput
 from core.jobs.cancel import cancel_job
-from core.jobs.finished import Watch
+from core.jobs.finished import FinishedJobs, Watch
 from core.jobs.presenters import job_out, job_summary
 from core.jobs.queries import get_job, job_status, list_jobs
 from core.jobs.state import TERMINAL_JOB, JobStatus
-from core.jobs.submit import JobRequest, submit_job
+from core.jobs.submit import JobRequest, Submitted, submit_job
 from core.telemetry.metrics import JOBS_SUBMITTED
 from core.webhooks import deliveries
 from schemas.jobs import JobCreate, JobOut, JobPage
@@ -40,22 +42,36 @@ PROBLEMS: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobOut, responses=PROBLEMS)
-def create_job(
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={**PROBLEMS, 201: {"description": "Finished within the `Prefer: wait=N` time"}},
+)
+async def create_job(
     body: JobCreate,
     response: Response,
-    session: SessionDep,
+    database: DatabaseDep,
     settings: SettingsDep,
     tenant_id: TenantDep,
+    finished_jobs: FinishedJobsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=1024,
+            description="`wait=N` (RFC 7240): hold the answer up to N seconds (at most "
+            "INFERQ_MAX_WAIT_SECONDS) for the job to finish: 201 with its results if it did, "
+            "else the usual 202.",
+        ),
+    ] = None,
 ) -> JobOut:
-    submitted = submit_job(
-        session,
-        settings,
-        tenant_id=tenant_id,
-        request=JobRequest(body.task, body.inputs, body.priority, body.webhook_url, body.metadata),
-        idempotency_key=idempotency_key,
-        request_id=correlation_id.get(),
+    wait = preferred_wait(prefer, settings.max_wait_seconds)
+    request = JobRequest(body.task, body.inputs, body.priority, body.webhook_url, body.metadata)
+    # The transaction commits (and the outbox relays) inside _submit, before any waiting: a 202
+    # or 201 always means the job is durable.
+    submitted = await run_in_threadpool(
+        _submit, database, settings, tenant_id, request, idempotency_key, correlation_id.get()
     )
     job_id = submitted.job.id
     response.headers["Location"] = f"/v1/jobs/{job_id}"
@@ -64,7 +80,73 @@ def create_job(
     else:
         response.headers["Idempotent-Replayed"] = "true"
     # A new job is answered from what was just written; an earlier one is read back.
-    return job_out(submitted.written or get_job(session, tenant_id, job_id))
+    view = submitted.written
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        if submitted.job.status not in TERMINAL_JOB:
+            await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
+            view = None
+    out = (
+        job_out(view)
+        if view is not None
+        else await run_in_threadpool(_read, database, tenant_id, job_id)
+    )
+    if wait is not None and out.status in TERMINAL_JOB:
+        response.status_code = status.HTTP_201_CREATED
+    return out
+
+
+def preferred_wait(prefer: str | None, most: float) -> float | None:
+    """The ``wait`` preference of a ``Prefer`` header (RFC 7240), capped at ``most`` seconds;
+    None when there is none. Preferences the server does not know, or cannot read, are ignored,
+    as the RFC asks."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        try:
+            seconds = float(value.strip().strip('"'))
+        except ValueError:
+            return None
+        if not 0 <= seconds < math.inf:  # negative, NaN or infinite: not a wait
+            return None
+        return min(seconds, most)
+    return None
+
+
+def _submit(
+    database: Database,
+    settings: Settings,
+    tenant_id: int,
+    request: JobRequest,
+    idempotency_key: str | None,
+    request_id: str | None,
+) -> Submitted:
+    with database.transaction() as session:
+        return submit_job(
+            session,
+            settings,
+            tenant_id=tenant_id,
+            request=request,
+            idempotency_key=idempotency_key,
+            request_id=request_id,
+        )
+
+
+async def _wait_for(
+    database: Database,
+    finished_jobs: FinishedJobs | None,
+    tenant_id: int,
+    job_id: uuid.UUID,
+    seconds: float,
+) -> None:
+    """Until the job is terminal or ``seconds`` have passed (see ``_long_poll``)."""
+    deadline = time.monotonic() + seconds
+    if finished_jobs is not None:
+        async with finished_jobs.watch(job_id) as watch:
+            await _long_poll(database, tenant_id, job_id, deadline, watch)
+    else:
+        await _long_poll(database, tenant_id, job_id, deadline, None)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=PROBLEMS)
@@ -78,12 +160,8 @@ async def read_job(
 ) -> JobOut:
     if wait > settings.max_wait_seconds:
         raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
-    deadline = time.monotonic() + wait
-    if wait > 0 and finished_jobs is not None:
-        async with finished_jobs.watch(job_id) as watch:
-            await _long_poll(database, tenant_id, job_id, deadline, watch)
-    elif wait > 0:
-        await _long_poll(database, tenant_id, job_id, deadline, None)
+    if wait > 0:
+        await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
     return await run_in_threadpool(_read, database, tenant_id, job_id)
 
 

@@ -114,3 +114,80 @@ def until(condition: Any, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def latest_job_id(db: Database) -> uuid.UUID | None:
+    with db.read() as session:
+        return session.scalar(select(JobItem.job_id).order_by(JobItem.id.desc()).limit(1))
+
+
+def test_prefer_wait_answers_201_with_the_results_once_the_job_finishes(
+    pg_db: Database, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One request instead of a submit and a poll: the submit holds its answer for the result.
+    monkeypatch.setattr(job_routes, "POLL_LISTENING_SECONDS", 60.0)
+    app = create_app(Settings(database_url=pg_url, require_api_keys=False))
+    answer: dict[str, Any] = {}
+    body = {"task": "sentiment", "inputs": ["a fine film"]}
+
+    with TestClient(app) as client:
+        finished_jobs = app.state.finished_jobs
+        assert until(lambda: finished_jobs.listening), "the API never started listening"
+
+        def submit() -> None:
+            answer["response"] = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=20"})
+
+        waiter = threading.Thread(target=submit)
+        waiter.start()
+        assert until(
+            lambda: (job := latest_job_id(pg_db)) is not None and bool(finished_jobs.watching(job))
+        ), "the submit never waited"
+        job_id = latest_job_id(pg_db)
+        assert job_id is not None
+        finish(pg_db, job_id)
+        waiter.join(WAIT_SECONDS + 10)
+
+    response: httpx.Response = answer["response"]
+    assert response.status_code == 201
+    assert response.headers["Preference-Applied"] == "wait=20"
+    assert response.headers["Location"] == f"/v1/jobs/{job_id}"
+    job = response.json()
+    assert job["status"] == "succeeded"
+    assert [result["label"] for result in job["results"]] == ["positive"]
+
+
+@pytest.mark.usefixtures("pg_db")  # migrates the database
+def test_prefer_wait_answers_the_usual_202_when_the_job_is_not_done_in_time(pg_url: str) -> None:
+    app = create_app(Settings(database_url=pg_url, require_api_keys=False))
+    body = {"task": "sentiment", "inputs": ["a fine film"]}
+    with TestClient(app) as client:
+        started = time.monotonic()
+        response = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=0.5"})
+        waited = time.monotonic() - started
+        plain = client.post("/v1/jobs", json=body | {"inputs": ["another"]})
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert response.headers["Preference-Applied"] == "wait=0.5"
+    assert waited >= 0.5
+    # Without the header nothing waits and nothing is said about preferences.
+    assert plain.status_code == 202
+    assert "Preference-Applied" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("wait=5", 5.0),
+        ("respond-async, wait=10", 10.0),
+        ("wait=10; foo=bar", 10.0),
+        ('WAIT="2.5"', 2.5),
+        ("wait=999", 30.0),  # capped at INFERQ_MAX_WAIT_SECONDS
+        ("wait=abc", None),
+        ("wait=-1", None),
+        ("wait=nan", None),
+        ("handling=lenient", None),
+        (None, None),
+    ],
+)
+def test_prefer_header_is_read_as_rfc_7240_says(header: str | None, expected: float | None) -> None:
+    assert job_routes.preferred_wait(header, 30.0) == expected

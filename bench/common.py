@@ -324,9 +324,11 @@ class Stack:
             f"timed out after {timeout}s waiting for {what}:\n{self.log(name)[-3000:]}"
         )
 
-    def start_api(self) -> None:
+    def start_api(self, workers: int | None = None) -> None:
         port = free_port()
-        self.start("api", "serve", "--port", str(port))
+        self.start(
+            "api", "serve", "--port", str(port), *(["--workers", str(workers)] if workers else [])
+        )
         self.api_url = f"http://127.0.0.1:{port}"
         self.wait_for(lambda: _healthy(self.api_url), 90, "the API to answer /healthz", "api")
 
@@ -457,7 +459,11 @@ def stack_env(
 
 @contextmanager
 def running_stack(
-    *, keep_logs: bool = False, torch_threads: int | None = None, concurrency: int | None = None
+    *,
+    keep_logs: bool = False,
+    torch_threads: int | None = None,
+    concurrency: int | None = None,
+    api_workers: int | None = None,
 ) -> Iterator[Stack]:
     """Fresh database + Redis db 9 + ``inferq serve``, ``worker`` (prefork, ``concurrency``
     pool processes, 1 by default) and ``beat``, with one API key. On failure the tail of every
@@ -474,7 +480,7 @@ def running_stack(
                 log(f"stack: database {database_url.rsplit('/', 1)[-1]}, redis db {REDIS_DB}")
                 stack.run("db", "upgrade")
                 stack.api_key = stack.run("keys", "create", "bench").splitlines()[-1].strip()
-                stack.start_api()
+                stack.start_api(api_workers)
                 stack.start_worker(concurrency)
                 stack.start_beat()
                 log(f"stack up: api {stack.api_url}, logs in {work_dir}")
@@ -707,6 +713,12 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="pool processes of the one worker (default: the product's, one per core)",
     )
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=None,
+        help="API processes (`inferq serve --workers`; default: the product's)",
+    )
 
 
 def add_pass_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
@@ -738,6 +750,7 @@ def stack_options(args: argparse.Namespace) -> dict[str, Any]:
         "keep_logs": args.keep_logs,
         "torch_threads": args.worker_torch_threads,
         "concurrency": args.worker_concurrency,
+        "api_workers": args.api_workers,
     }
 
 

@@ -405,6 +405,50 @@ class Stack:
         return found
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds (user + system) used so far, by part: each stack process group (the API,
+    the worker's main process, its pool children, beat), and every PostgreSQL and Redis server
+    process on this machine (the services are shared: run on an otherwise idle machine). Taken
+    before and after a pass, the difference is what the pass cost each part."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    groups = {process.pid: name for name, process in stack.processes.items()}
+    used: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        pgid, seconds = int(fields[2]), (int(fields[11]) + int(fields[12])) / ticks
+        if pgid in groups:
+            name = groups[pgid]
+            part = name if int(entry.name) == pgid else f"{name} children"
+        elif command.startswith("postgres"):
+            part = "postgresql"
+        elif command.startswith("redis-server"):
+            part = "redis"
+        else:
+            continue
+        used[part] = used.get(part, 0.0) + seconds
+    return used
+
+
+def cpu_per_item_ms(
+    before: dict[str, float], after: dict[str, float], items: int
+) -> dict[str, float]:
+    """CPU milliseconds per item by part between two ``cpu_seconds`` readings, largest first."""
+    spent = {part: after.get(part, 0.0) - before.get(part, 0.0) for part in after}
+    spent["total"] = sum(spent.values())
+    return {
+        part: round(seconds * 1000 / items, 3)
+        for part, seconds in sorted(spent.items(), key=lambda kv: -kv[1])
+        if items
+    }
+
+
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/healthz", timeout=1).status_code == 200

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -208,6 +208,7 @@ async def run_scenarios(
     bulk_request_size: int = 100,
     half_load_seconds: float = 20.0,
     timeout: float = 1800,
+    on_capacity: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The comparison's three loads, on texts the caller keeps disjoint:
 
@@ -215,10 +216,15 @@ async def run_scenarios(
     2. ``half_load``: one request per text sent open loop at half of that capacity for
        ``half_load_seconds`` (the first texts of this pool): latency;
     3. ``bulk``: requests of ``bulk_request_size`` texts, ``clients`` concurrent clients.
+
+    ``on_capacity``, if given, is called right before and right after the first load, and its
+    two answers are kept (``single.probe``): e.g. CPU readings of the server's processes.
     """
+    before = on_capacity() if on_capacity else {}
     samples = await closed_loop(
         target, http, [[t] for t in single], clients=clients, timeout=timeout
     )
+    after = on_capacity() if on_capacity else {}
     capacity = summarise(samples)
     if capacity.failed:
         raise BenchError(
@@ -231,7 +237,7 @@ async def run_scenarios(
     paced = [[t] for t in half_load[:count]]
     latency = summarise(await open_loop(target, http, paced, per_second=half, timeout=timeout))
     result: dict[str, Any] = {
-        "single": capacity.as_dict(),
+        "single": {**capacity.as_dict(), **({"probe": [before, after]} if on_capacity else {})},
         "half_load": {"offered_per_s": round(half, 2), **latency.as_dict()},
     }
     if bulk:

@@ -38,6 +38,8 @@ from bench.common import (
     BenchError,
     add_stack_arguments,
     base_params,
+    cpu_per_item_ms,
+    cpu_seconds,
     emit,
     install_signal_handlers,
     load_texts,
@@ -130,9 +132,12 @@ def measure_round(args: argparse.Namespace, layout: Layout, index: int) -> Round
                     bulk=layout.bulk_texts() if index == 0 else (),
                     clients=args.clients,
                     half_load_seconds=args.half_load_seconds,
+                    on_capacity=lambda: cpu_seconds(stack),
                 )
 
         scenarios = asyncio.run(go())
+        before, after = scenarios["single"].pop("probe")
+        scenarios["single"]["cpu_ms_per_job"] = cpu_per_item_ms(before, after, len(single))
         server = server_side_seconds(stack)
         worker = worker_batch_stats(stack)
     log(f"bare model, one at a time, {args.bare_n} texts")
@@ -189,6 +194,7 @@ def main() -> None:
             ("ratio (target >= 2.5)", median.ratio),
             ("ratios, every round", ", ".join(f"{r.ratio:.2f}" for r in rounds)),
             ("closed-loop p50 / p99 ms", f"{single['p50_ms']} / {single['p99_ms']}"),
+            ("CPU ms per job, by part", single["cpu_ms_per_job"]),
             ("half load p50 / p99 ms (median of rounds)", f"{p50} / {p99}"),
             ("bulk 100 x 100 texts/s", (results["bulk"] or {}).get("texts_per_s")),
         ],

@@ -7,6 +7,7 @@ import asyncio
 import math
 import time
 import uuid
+from contextlib import AsyncExitStack
 from typing import Annotated
 
 from asgi_correlation_id import correlation_id
@@ -68,24 +69,38 @@ async def create_job(
 ) -> JobOut:
     wait = preferred_wait(prefer, settings.max_wait_seconds)
     request = JobRequest(body.task, body.inputs, body.priority, body.webhook_url, body.metadata)
-    # The transaction commits (and the outbox relays) inside _submit, before any waiting: a 202
-    # or 201 always means the job is durable.
-    submitted = await run_in_threadpool(
-        _submit, database, settings, tenant_id, request, idempotency_key, correlation_id.get()
-    )
-    job_id = submitted.job.id
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
-    if submitted.created:
-        JOBS_SUBMITTED.labels(body.task, "http").inc()
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
-    # A new job is answered from what was just written; an earlier one is read back.
-    view = submitted.written
-    if wait is not None:
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
-        if submitted.job.status not in TERMINAL_JOB:
-            await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
-            view = None
+    new_id = uuid.uuid4()
+    async with AsyncExitStack() as stack:
+        # With a wait, watch for the job before it exists: an announcement cannot then be
+        # missed, and no status read is needed before waiting.
+        watch = None
+        if wait is not None and finished_jobs is not None:
+            watch = await stack.enter_async_context(finished_jobs.watch(new_id))
+        listening = watch is not None and watch.live
+        # The transaction commits (and the outbox relays) inside _submit, before any waiting:
+        # a 202 or 201 always means the job is durable.
+        submitted = await run_in_threadpool(
+            _submit, database, settings, tenant_id, request, idempotency_key, new_id
+        )
+        job_id = submitted.job.id
+        response.headers["Location"] = f"/v1/jobs/{job_id}"
+        if submitted.created:
+            JOBS_SUBMITTED.labels(body.task, "http").inc()
+        else:
+            response.headers["Idempotent-Replayed"] = "true"
+        # A new job is answered from what was just written; an earlier one is read back.
+        view = submitted.written
+        if wait is not None:
+            response.headers["Preference-Applied"] = f"wait={wait:g}"
+            if submitted.job.status not in TERMINAL_JOB:
+                deadline = time.monotonic() + wait
+                if job_id == new_id:
+                    await _long_poll(
+                        database, tenant_id, job_id, deadline, watch, read_first=not listening
+                    )
+                else:  # an earlier job, returned for the same Idempotency-Key
+                    await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
+                view = None
     out = (
         job_out(view)
         if view is not None
@@ -120,7 +135,7 @@ def _submit(
     tenant_id: int,
     request: JobRequest,
     idempotency_key: str | None,
-    request_id: str | None,
+    job_id: uuid.UUID,
 ) -> Submitted:
     with database.transaction() as session:
         return submit_job(
@@ -129,7 +144,8 @@ def _submit(
             tenant_id=tenant_id,
             request=request,
             idempotency_key=idempotency_key,
-            request_id=request_id,
+            request_id=correlation_id.get(),
+            job_id=job_id,
         )
 
 
@@ -171,20 +187,29 @@ async def _long_poll(
     job_id: uuid.UUID,
     deadline: float,
     watch: Watch | None,
+    *,
+    read_first: bool = True,
 ) -> None:
     """Until the job is terminal or the deadline. The status read (a primary-key read) is the
-    truth. With PostgreSQL's announcements the wait ends the moment the job finishes, and the
-    status is re-read only every POLL_LISTENING_SECONDS in case one was missed. Without them
-    (SQLite, or the listener reconnecting): every 50 ms for the first two seconds, where
-    interactive jobs finish, then backing off to every 500 ms."""
+    truth. With PostgreSQL's announcements the wait ends the moment the job finishes (an
+    announcement is sent only by the commit that finished it, so it ends the wait without a
+    read), and the status is re-read every POLL_LISTENING_SECONDS in case one was missed.
+    Without them (SQLite, or the listener reconnecting): every 50 ms for the first two seconds,
+    where interactive jobs finish, then backing off to every 500 ms. ``read_first=False``: the
+    caller knows the job is not finished and was watching it before it could finish."""
     started = time.monotonic()
     delay = POLL_FIRST_SECONDS
-    while await run_in_threadpool(_status, database, tenant_id, job_id) not in TERMINAL_JOB:
+    while (
+        not read_first
+        or await run_in_threadpool(_status, database, tenant_id, job_id) not in TERMINAL_JOB
+    ):
+        read_first = True
         now = time.monotonic()
         if now >= deadline:
             return
         if watch is not None and watch.live:
-            await watch.wait(min(POLL_LISTENING_SECONDS, deadline - now))
+            if await watch.wait(min(POLL_LISTENING_SECONDS, deadline - now)):
+                return
             continue
         await asyncio.sleep(min(delay, deadline - now))
         if now - started >= POLL_FAST_FOR_SECONDS:

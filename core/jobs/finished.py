@@ -54,11 +54,13 @@ class Watch:
     def notify(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Until the job is announced or ``timeout`` seconds pass."""
+    async def wait(self, timeout: float) -> bool:
+        """Until the job is announced (True) or ``timeout`` seconds pass (False)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), max(timeout, 0.0))
+        announced = self._event.is_set()
         self._event.clear()
+        return announced
 
 
 class FinishedJobs:

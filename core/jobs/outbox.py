@@ -24,7 +24,6 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
-from functools import partial
 
 import structlog
 from sqlalchemy import Engine, delete, select, update
@@ -81,11 +80,10 @@ def add_run_items(
     ]
     session.add_all(rows)
     session.flush()
-    ids = [row.id for row in rows]
     engine = session.get_bind()
     assert isinstance(engine, Engine)
-    after_commit(session, lambda: relay_after_commit(engine, ids, chunk_size))
-    return ids
+    after_commit(session, lambda: relay_after_commit(engine, rows, chunk_size))
+    return [row.id for row in rows]
 
 
 def add_kafka_results(session: Session, jobs: Sequence[Job]) -> int:
@@ -171,28 +169,27 @@ def relay(
     rows = session.scalars(query).all()
     if rows:
         send(rows)
-        session.execute(
-            update(OutboxMessage)
-            .where(among(session, OutboxMessage.id, [row.id for row in rows]))
-            .values(sent_at=utcnow()),
-            execution_options={"synchronize_session": False},
-        )
+        mark_sent(session, [row.id for row in rows])
     return len(rows)
 
 
 class _Coalescer:
     """Rows committed while another thread of this process relays wait for that thread: it
-    relays them in its next round. Hand-written: a background thread would make a commit's own
-    send asynchronous even when nothing else is going on, and no library does this hand-off."""
+    sends them in its next round. Hand-written: a background thread would make a commit's own
+    send asynchronous even when nothing else is going on, and no library does this hand-off.
+
+    The rows are sent from memory (the committing session just wrote them) and then marked sent
+    with one UPDATE. A periodic relay running in between may send a row a second time, which
+    is harmless: workers skip items that are finished or leased."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: dict[Engine, list[int]] = defaultdict(list)
+        self._pending: dict[Engine, list[OutboxMessage]] = defaultdict(list)
         self._relaying: set[Engine] = set()
 
-    def relay(self, engine: Engine, ids: list[int], max_items: int) -> None:
+    def relay(self, engine: Engine, rows: list[OutboxMessage], max_items: int) -> None:
         with self._lock:
-            self._pending[engine].extend(ids)
+            self._pending[engine].extend(rows)
             if engine in self._relaying:
                 return  # the thread relaying for this engine takes them in its next round
             self._relaying.add(engine)
@@ -203,20 +200,30 @@ class _Coalescer:
                     self._relaying.discard(engine)
                     return
             try:
+                send_to_celery(batch, max_items)
                 with Session(engine) as session, session.begin():
-                    send = partial(send_to_celery, max_items=max_items)
-                    relay(session, send, ids=batch, limit=len(batch))
+                    mark_sent(session, [row.id for row in batch])
             except Exception as exc:  # the periodic relay will send these rows; commits stand
-                log.warning("immediate_relay_failed", outbox_ids=batch[:50], error=repr(exc))
+                ids = [row.id for row in batch[:50]]
+                log.warning("immediate_relay_failed", outbox_ids=ids, error=repr(exc))
 
 
 _coalescer = _Coalescer()
 
 
 def relay_after_commit(
-    engine: Engine, ids: list[int], max_items: int = DEFAULT_MESSAGE_ITEMS
+    engine: Engine, rows: list[OutboxMessage], max_items: int = DEFAULT_MESSAGE_ITEMS
 ) -> None:
-    _coalescer.relay(engine, ids, max_items)
+    _coalescer.relay(engine, rows, max_items)
+
+
+def mark_sent(session: Session, ids: Sequence[int]) -> None:
+    session.execute(
+        update(OutboxMessage)
+        .where(among(session, OutboxMessage.id, ids), OutboxMessage.sent_at.is_(None))
+        .values(sent_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def purge_sent(session: Session, older_than_seconds: float) -> int:

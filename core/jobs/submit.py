@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,7 +78,10 @@ def submit_job(
     request: JobRequest,
     idempotency_key: str | None = None,
     request_id: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> Submitted:
+    """``job_id`` names the new job (a caller may watch for it before it exists); an earlier
+    job returned for the same idempotency key keeps its own id."""
     check_task(request.task)
     texts = check_inputs(request.inputs, settings)
     check_metadata(request.metadata)
@@ -103,6 +107,7 @@ def submit_job(
                 fingerprint,
                 idempotency_key,
                 request_id,
+                job_id,
             )
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
@@ -122,6 +127,7 @@ def _insert(
     fingerprint: str,
     idempotency_key: str | None,
     request_id: str | None,
+    job_id: uuid.UUID | None,
 ) -> JobView:
     """The job, its items and their outbox rows. Inputs whose result is cached for the current
     primary model are inserted already succeeded, with their result: no message, no worker. A job
@@ -132,6 +138,7 @@ def _insert(
     cached = _cached_outputs(session, settings, request.task, hashes)
     answered = all(digest in cached for digest in hashes)
     job = Job(
+        id=job_id or uuid.uuid4(),
         tenant_id=tenant_id,
         task=request.task,
         priority=request.priority,

@@ -120,13 +120,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[
-        int, typer.Option(min=1, help="API processes (distributed mode; one per core at most).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="API processes (distributed mode). Default INFERQ_API_WORKERS, else half the "
+            "cores (at most 4).",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (embedded mode also runs a worker and the beat schedule in-process)."""
     import uvicorn
 
     settings = _setup()
+    if workers is None:
+        workers = settings.resolved_api_workers
     if workers > 1:
         if settings.embedded:
             raise typer.BadParameter(

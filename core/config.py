@@ -44,8 +44,9 @@ class BatchPolicy(BaseModel):
     max_items: int = Field(default=512, ge=1)
     max_wait_ms: float = Field(default=25.0, ge=0)
     token_budget: int = Field(default=32768, ge=16)
-    forward_max_items: int = Field(default=32, ge=1)
+    forward_max_items: int = Field(default=64, ge=1)
     forward_token_budget: int = Field(default=4096, ge=16)
+    forward_pass_overhead_tokens: int = Field(default=64, ge=0)
     # A tier that has not finished a batch by then hands what is left to the next tier.
     deadline_seconds: float = Field(default=30.0, gt=0)
 
@@ -82,6 +83,10 @@ class Settings(BaseSettings):
     # Pool processes per worker. Unset: one per core on CPU (small matrices parallelise better
     # across batches than inside one), one per GPU process on CUDA (one model per GPU process).
     worker_concurrency: int | None = Field(default=None, ge=1)
+    # API processes of `inferq serve` (distributed mode). One process is bound by the GIL to
+    # about one core; unset: half the cores, at most 4 (the rest is for workers and the
+    # database on a shared machine; on Kubernetes, scale API pods instead).
+    api_workers: int | None = Field(default=None, ge=1)
 
     # Tasks added to, or replacing, the built-in registry (see core.inference.registry).
     tasks: dict[str, TaskConfig] = Field(default_factory=dict)
@@ -141,6 +146,10 @@ class Settings(BaseSettings):
     # and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), fp32 elsewhere. Measured on
     # SST-2 test: fp32 88.07 %, bf16 88.19 % accuracy; bf16 about 2.5x the batched CPU throughput.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Runtime of the transformer tiers. auto: ONNX Runtime on CPU where torch would run fp32 (it
+    # is faster there at equal accuracy), torch on CUDA and on CPUs with native bf16; see
+    # core.inference.onnx_transformer.choose_runtime for the rule and the figures behind it.
+    runtime: Literal["auto", "torch", "onnx"] = "auto"
     torch_threads: int | None = None
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -163,6 +172,14 @@ class Settings(BaseSettings):
         if self.embedded or self.device.startswith("cuda"):  # embedded: one in-process worker
             return 1
         return max(1, os.cpu_count() or 1)
+
+    @property
+    def resolved_api_workers(self) -> int:
+        if self.api_workers is not None:
+            return self.api_workers
+        if self.embedded:  # the API process also runs the one embedded worker
+            return 1
+        return max(1, min(4, (os.cpu_count() or 1) // 2))
 
     @property
     def resolved_cache_url(self) -> str | None:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from api.submits import SubmitBatcher
 from core.config import Settings
 from core.db.session import Database
 from core.jobs.finished import FinishedJobs
@@ -27,6 +28,11 @@ def get_database(request: Request) -> Database:
 def get_finished_jobs(request: Request) -> FinishedJobs | None:
     finished: FinishedJobs | None = request.app.state.finished_jobs
     return finished
+
+
+def get_submits(request: Request) -> SubmitBatcher:
+    submits: SubmitBatcher = request.app.state.submits
+    return submits
 
 
 def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
@@ -59,3 +65,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 TenantDep = Annotated[int, Depends(get_tenant)]
 FinishedJobsDep = Annotated[FinishedJobs | None, Depends(get_finished_jobs)]
+SubmitsDep = Annotated[SubmitBatcher, Depends(get_submits)]

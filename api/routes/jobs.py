@@ -14,8 +14,14 @@ from asgi_correlation_id import correlation_id
 from fastapi import APIRouter, Header, Query, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import DatabaseDep, FinishedJobsDep, SessionDep, SettingsDep, TenantDep
-from core.config import Settings
+from api.deps import (
+    DatabaseDep,
+    FinishedJobsDep,
+    SessionDep,
+    SettingsDep,
+    SubmitsDep,
+    TenantDep,
+)
 from core.db.session import Database
 from core.errors import InvalidInput
 from core.jobs.cancel import cancel_job
@@ -23,7 +29,7 @@ from core.jobs.finished import FinishedJobs, Watch
 from core.jobs.presenters import job_out, job_summary
 from core.jobs.queries import get_job, job_status, list_jobs
 from core.jobs.state import TERMINAL_JOB, JobStatus
-from core.jobs.submit import JobRequest, Submitted, submit_job
+from core.jobs.submit import JobRequest, Submission
 from core.telemetry.metrics import JOBS_SUBMITTED
 from core.webhooks import deliveries
 from schemas.jobs import JobCreate, JobOut, JobPage
@@ -56,6 +62,7 @@ async def create_job(
     settings: SettingsDep,
     tenant_id: TenantDep,
     finished_jobs: FinishedJobsDep,
+    submits: SubmitsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[
         str | None,
@@ -79,8 +86,8 @@ async def create_job(
         listening = watch is not None and watch.live
         # The transaction commits (and the outbox relays) inside _submit, before any waiting:
         # a 202 or 201 always means the job is durable.
-        submitted = await run_in_threadpool(
-            _submit, database, settings, tenant_id, request, idempotency_key, new_id
+        submitted = await submits.submit(
+            Submission(tenant_id, request, idempotency_key, correlation_id.get(), new_id)
         )
         job_id = submitted.job.id
         response.headers["Location"] = f"/v1/jobs/{job_id}"
@@ -127,26 +134,6 @@ def preferred_wait(prefer: str | None, most: float) -> float | None:
             return None
         return min(seconds, most)
     return None
-
-
-def _submit(
-    database: Database,
-    settings: Settings,
-    tenant_id: int,
-    request: JobRequest,
-    idempotency_key: str | None,
-    job_id: uuid.UUID,
-) -> Submitted:
-    with database.transaction() as session:
-        return submit_job(
-            session,
-            settings,
-            tenant_id=tenant_id,
-            request=request,
-            idempotency_key=idempotency_key,
-            request_id=correlation_id.get(),
-            job_id=job_id,
-        )
 
 
 async def _wait_for(

@@ -337,11 +337,11 @@ def _result_row(claimed: ClaimedItem, output: Output) -> dict[str, Any]:
     }
 
 
-def insert_results(
-    session: Session, job: Job, outcomes: Sequence[tuple[ClaimedItem, Output]]
+def insert_cached_results(
+    session: Session, outcomes: Sequence[tuple[Job, ClaimedItem, Output]]
 ) -> None:
-    """Insert one result row per outcome of one job (see ``_insert_result_rows``)."""
-    _insert_result_rows(session, [(job, claimed, output) for claimed, output in outcomes], utcnow())
+    """Result rows of inputs answered from the cache at submit (see ``_insert_result_rows``)."""
+    _insert_result_rows(session, outcomes, utcnow())
 
 
 def _insert_result_rows(

@@ -24,9 +24,11 @@ import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.broker import RunItems, get_celery, send_run_items
@@ -50,6 +52,19 @@ def estimate_tokens(text: str) -> int:
 Sender = Callable[[Sequence[OutboxMessage]], None]
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """Items of one job to dispatch; ``tokens`` (estimated per item, same order) lets workers
+    flush a micro-batch on its token budget."""
+
+    job_id: str
+    item_ids: Sequence[int]
+    task: str
+    queue: str
+    request_id: str | None
+    tokens: Sequence[int] | None = None
+
+
 def add_run_items(
     session: Session,
     job_id: str,
@@ -61,29 +76,47 @@ def add_run_items(
     request_id: str | None,
     tokens: Sequence[int] | None = None,
 ) -> list[int]:
-    """Outbox rows for a job's items, ``chunk_size`` ids a message. ``tokens`` (estimated per
-    item, same order) lets workers flush a micro-batch on its token budget."""
-    estimates = list(tokens) if tokens is not None else [DEFAULT_TOKENS] * len(item_ids)
-    rows = [
-        OutboxMessage(
-            kind=RUN_ITEMS_KIND,
-            payload={
-                "job_id": job_id,
-                "item_ids": list(item_ids[start : start + chunk_size]),
-                "task": task,
-                "tokens": sum(estimates[start : start + chunk_size]),
-                "queue": queue,
-                "request_id": request_id,
-            },
-        )
-        for start in range(0, len(item_ids), chunk_size)
-    ]
-    session.add_all(rows)
-    session.flush()
+    """Outbox rows for a job's items, ``chunk_size`` ids a row."""
+    request = RunRequest(job_id, item_ids, task, queue, request_id, tokens)
+    return add_run_items_many(session, [request], chunk_size=chunk_size)
+
+
+def add_run_items_many(
+    session: Session, requests: Sequence[RunRequest], *, chunk_size: int
+) -> list[int]:
+    """Outbox rows for several jobs' items (``chunk_size`` ids a row), written in one statement
+    and relayed together once the transaction commits."""
+    payloads = [payload for request in requests for payload in _chunks(request, chunk_size)]
+    if not payloads:
+        return []
+    now = utcnow()
+    values = [{"kind": RUN_ITEMS_KIND, "payload": p, "created_at": now} for p in payloads]
+    # One INSERT for every row on every backend (an ORM flush inserts row by row on SQLite).
+    statement = insert(OutboxMessage).returning(OutboxMessage.id, sort_by_parameter_order=True)
+    ids = list(session.scalars(statement, values))
+    rows = [OutboxMessage(id=i, **v) for i, v in zip(ids, values, strict=True)]
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     after_commit(session, lambda: relay_after_commit(engine, rows, chunk_size))
     return [row.id for row in rows]
+
+
+def _chunks(request: RunRequest, chunk_size: int) -> list[dict[str, Any]]:
+    item_ids = list(request.item_ids)
+    estimates = (
+        list(request.tokens) if request.tokens is not None else [DEFAULT_TOKENS] * len(item_ids)
+    )
+    return [
+        {
+            "job_id": request.job_id,
+            "item_ids": item_ids[start : start + chunk_size],
+            "task": request.task,
+            "tokens": sum(estimates[start : start + chunk_size]),
+            "queue": request.queue,
+            "request_id": request.request_id,
+        }
+        for start in range(0, len(item_ids), chunk_size)
+    ]
 
 
 def add_kafka_results(session: Session, jobs: Sequence[Job]) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,13 +18,13 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db.bulk import insert_rows
 from core.db.models import Job, JobItem, utcnow
-from core.errors import IdempotencyConflict, InvalidInput
+from core.errors import IdempotencyConflict, InferqError, InvalidInput
 from core.inference.cache import RedisCache, lookup
 from core.inference.engine import Output
 from core.inference.preprocess import normalise
 from core.inference.registry import get_task, tier_version
 from core.jobs import outbox
-from core.jobs.lifecycle import ClaimedItem, insert_results
+from core.jobs.lifecycle import ClaimedItem, insert_cached_results
 from core.jobs.presenters import output_out
 from core.jobs.queries import ItemView, JobView
 from core.jobs.state import ItemStatus, JobStatus
@@ -70,6 +70,24 @@ def input_hash(task: str, text: str) -> str:
     return hashlib.sha256(f"{task}\x00{normalise(text)}".encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Submission:
+    """One caller's submit: what ``submit_job`` takes, as a value ``submit_many`` can batch."""
+
+    tenant_id: int
+    request: JobRequest
+    idempotency_key: str | None = None
+    request_id: str | None = None
+    job_id: uuid.UUID | None = None  # the new job's id (a caller may watch for it beforehand)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    submission: Submission
+    texts: list[str]
+    fingerprint: str
+
+
 def submit_job(
     session: Session,
     settings: Settings,
@@ -82,130 +100,200 @@ def submit_job(
 ) -> Submitted:
     """``job_id`` names the new job (a caller may watch for it before it exists); an earlier
     job returned for the same idempotency key keeps its own id."""
+    submission = Submission(tenant_id, request, idempotency_key, request_id, job_id)
+    checked = _check(submission, settings)
+    if idempotency_key is None:
+        return _created(_insert_many(session, settings, [checked])[0])
+    earlier = _find_by_key(session, tenant_id, idempotency_key)
+    if earlier is not None:
+        return Submitted(_same_request(earlier, checked.fingerprint), created=False)
+    # Only a key can collide with a concurrent request's row: the savepoint (two round trips)
+    # that lets this transaction go on after losing that race is taken only when there is one.
+    try:
+        with session.begin_nested():
+            written = _insert_many(session, settings, [checked])[0]
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        earlier = _find_by_key(session, tenant_id, idempotency_key)
+        if earlier is None:
+            raise
+        return Submitted(_same_request(earlier, checked.fingerprint), created=False)
+    return _created(written)
+
+
+def submit_many(
+    session: Session, settings: Settings, submissions: Sequence[Submission]
+) -> list[Submitted | InferqError]:
+    """Several callers' submits in the caller's one transaction, each answered as
+    ``submit_job`` would answer it alone (a refused request is its error, in its place; the
+    others go on). Those without an idempotency key are written together: one cache lookup
+    and one INSERT each for jobs, items and outbox rows, whatever their number; a keyed one
+    takes ``submit_job``'s path (the key lookup and its savepoint)."""
+    outcomes: list[Submitted | InferqError | None] = [None] * len(submissions)
+    batch: list[tuple[int, _Checked]] = []
+    for position, submission in enumerate(submissions):
+        try:
+            if submission.idempotency_key is not None:
+                outcomes[position] = submit_job(
+                    session,
+                    settings,
+                    tenant_id=submission.tenant_id,
+                    request=submission.request,
+                    idempotency_key=submission.idempotency_key,
+                    request_id=submission.request_id,
+                    job_id=submission.job_id,
+                )
+            else:
+                batch.append((position, _check(submission, settings)))
+        except (InvalidInput, IdempotencyConflict) as exc:  # refused before anything was written
+            outcomes[position] = exc
+    written = _insert_many(session, settings, [checked for _, checked in batch])
+    for (position, _), view in zip(batch, written, strict=True):
+        outcomes[position] = _created(view)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _check(submission: Submission, settings: Settings) -> _Checked:
+    request = submission.request
     check_task(request.task)
     texts = check_inputs(request.inputs, settings)
     check_metadata(request.metadata)
     check_webhook_url(request.webhook_url, settings)
     if request.priority not in PRIORITIES:
         raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}")
-    fingerprint = request.fingerprint()
-    if idempotency_key is not None:
-        earlier = _find_by_key(session, tenant_id, idempotency_key)
-        if earlier is not None:
-            return Submitted(_same_request(earlier, fingerprint), created=False)
-    # Only a key can collide with a concurrent request's row: the savepoint (two round trips)
-    # that lets this transaction go on after losing that race is taken only when there is one.
-    guard = session.begin_nested() if idempotency_key is not None else nullcontext()
-    try:
-        with guard:
-            written = _insert(
-                session,
-                settings,
-                tenant_id,
-                request,
-                texts,
-                fingerprint,
-                idempotency_key,
-                request_id,
-                job_id,
-            )
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its job.
-        earlier = _find_by_key(session, tenant_id, idempotency_key) if idempotency_key else None
-        if earlier is None:
-            raise
-        return Submitted(_same_request(earlier, fingerprint), created=False)
-    return Submitted(written.job, created=True, written=written)
+    return _Checked(submission, texts, request.fingerprint())
 
 
-def _insert(
-    session: Session,
-    settings: Settings,
-    tenant_id: int,
-    request: JobRequest,
-    texts: list[str],
-    fingerprint: str,
-    idempotency_key: str | None,
-    request_id: str | None,
-    job_id: uuid.UUID | None,
-) -> JobView:
-    """The job, its items and their outbox rows. Inputs whose result is cached for the current
-    primary model are inserted already succeeded, with their result: no message, no worker. A job
-    whose every input is cached is written succeeded: nothing will run for it, and no one can be
-    waiting on a job whose id has not been answered yet."""
+def _created(view: JobView) -> Submitted:
+    return Submitted(view.job, created=True, written=view)
+
+
+def _insert_many(session: Session, settings: Settings, jobs: Sequence[_Checked]) -> list[JobView]:
+    """Jobs, their items and their outbox rows, in one statement each. Inputs whose result is
+    cached for the current primary model are inserted already succeeded, with their result: no
+    message, no worker. A job whose every input is cached is written succeeded: nothing will
+    run for it, and no one can be waiting on a job whose id has not been answered yet."""
+    if not jobs:
+        return []
     now = utcnow()
-    hashes = [input_hash(request.task, text) for text in texts]
-    cached = _cached_outputs(session, settings, request.task, hashes)
-    answered = all(digest in cached for digest in hashes)
-    job = Job(
-        id=job_id or uuid.uuid4(),
-        tenant_id=tenant_id,
-        task=request.task,
-        priority=request.priority,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-        request_id=request_id,
-        webhook_url=request.webhook_url,
-        metadata_=request.metadata,
-        total_items=len(texts),
-        status=JobStatus.SUCCEEDED if answered else JobStatus.QUEUED,
-        finished_at=now if answered else None,
-    )
-    session.add(job)
-    session.flush()
-    items = _insert_items(session, job, texts, hashes, cached, now)
-    served = [(item, cached[item.input_hash]) for item in items if item.input_hash in cached]
-    if served:
-        insert_results(session, job, served)
-    if answered:
-        deliveries.add_job_event(session, job)
-    waiting = [item for item in items if item.input_hash not in cached]
-    if waiting:
-        outbox.add_run_items(
-            session,
-            str(job.id),
-            [item.id for item in waiting],
-            task=request.task,
-            tokens=[outbox.estimate_tokens(item.text) for item in waiting],
-            queue=request.priority,
-            chunk_size=settings.chunk_size,
-            request_id=request_id,
+    hashes = [[input_hash(c.submission.request.task, text) for text in c.texts] for c in jobs]
+    cached = _cached_by_task(session, settings, jobs, hashes)
+    rows = [
+        _job_row(
+            checked, answered=all(d in cached[checked.submission.request.task] for d in hs), now=now
         )
+        for checked, hs in zip(jobs, hashes, strict=True)
+    ]
+    insert_rows(session, Job, rows)
+    written = [Job(**{_JOB_ATTRIBUTES.get(k, k): v for k, v in row.items()}) for row in rows]
+    items = _insert_items(session, written, [c.texts for c in jobs], hashes, cached, now)
+    served = [
+        (job, item, cached[job.task][item.input_hash])
+        for job, job_items in zip(written, items, strict=True)
+        for item in job_items
+        if item.input_hash in cached[job.task]
+    ]
+    insert_cached_results(session, served)
+    runs: list[outbox.RunRequest] = []
+    for job, job_items in zip(written, items, strict=True):
+        if job.status == JobStatus.SUCCEEDED:
+            deliveries.add_job_event(session, job)
+            continue
+        waiting = [item for item in job_items if item.input_hash not in cached[job.task]]
+        tokens = [outbox.estimate_tokens(item.text) for item in waiting]
+        ids = [item.id for item in waiting]
+        runs.append(
+            outbox.RunRequest(str(job.id), ids, job.task, job.priority, job.request_id, tokens)
+        )
+    outbox.add_run_items_many(session, runs, chunk_size=settings.chunk_size)
+    return [
+        _view(job, job_hashes, cached[job.task])
+        for job, job_hashes in zip(written, hashes, strict=True)
+    ]
+
+
+# insert_rows takes column names; the model's attribute for the "metadata" column is metadata_.
+_JOB_ATTRIBUTES = {"metadata": "metadata_"}
+
+
+def _job_row(checked: _Checked, *, answered: bool, now: datetime) -> dict[str, Any]:
+    submission, request = checked.submission, checked.submission.request
+    return {
+        "id": submission.job_id or uuid.uuid4(),
+        "tenant_id": submission.tenant_id,
+        "task": request.task,
+        "status": JobStatus.SUCCEEDED if answered else JobStatus.QUEUED,
+        "priority": request.priority,
+        "idempotency_key": submission.idempotency_key,
+        "request_hash": checked.fingerprint,
+        "request_id": submission.request_id,
+        "webhook_url": request.webhook_url,
+        "metadata": request.metadata,
+        "total_items": len(checked.texts),
+        "error": None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": now if answered else None,
+    }
+
+
+def _view(job: Job, hashes: list[str], cached: dict[str, Output]) -> JobView:
     views = [
         ItemView(index, ItemStatus.SUCCEEDED, None, output_out(index, output))
         if (output := cached.get(digest)) is not None
         else ItemView(index, ItemStatus.QUEUED, None, None)
         for index, digest in enumerate(hashes)
     ]
-    webhook = WebhookOut(status="pending", attempts=0) if request.webhook_url else None
+    webhook = WebhookOut(status="pending", attempts=0) if job.webhook_url else None
     return JobView(job, views, webhook)
 
 
 def _insert_items(
     session: Session,
-    job: Job,
-    texts: list[str],
-    hashes: list[str],
-    cached: dict[str, Output],
+    jobs: Sequence[Job],
+    texts: Sequence[list[str]],
+    hashes: Sequence[list[str]],
+    cached: dict[str, dict[str, Output]],
     now: datetime,
-) -> list[ClaimedItem]:
+) -> list[list[ClaimedItem]]:
+    """Every job's items in one INSERT; per job, in input order, with their new ids."""
     rows = [
         {
+            "job_id": job.id,
             "index": index,
             "text": text,
             "input_hash": digest,
-            "status": ItemStatus.SUCCEEDED if digest in cached else ItemStatus.QUEUED,
-            "dispatched_at": None if digest in cached else now,
+            "status": ItemStatus.SUCCEEDED if digest in cached[job.task] else ItemStatus.QUEUED,
+            "dispatched_at": None if digest in cached[job.task] else now,
         }
-        for index, (text, digest) in enumerate(zip(texts, hashes, strict=True))
+        for job, job_texts, job_hashes in zip(jobs, texts, hashes, strict=True)
+        for index, (text, digest) in enumerate(zip(job_texts, job_hashes, strict=True))
     ]
-    ids = [0] * len(rows)
-    returning = [JobItem.id, JobItem.index]
-    for item_id, index in insert_rows(
-        session, JobItem, rows, shared={"job_id": job.id}, returning=returning
-    ):
-        ids[index] = item_id
-    return [ClaimedItem(ids[i], i, texts[i], hashes[i]) for i in range(len(rows))]
+    returning = [JobItem.id, JobItem.job_id, JobItem.index]
+    ids = {
+        (job_id, index): item_id
+        for item_id, job_id, index in insert_rows(session, JobItem, rows, returning=returning)
+    }
+    return [
+        [
+            ClaimedItem(ids[(job.id, i)], i, text, digest)
+            for i, (text, digest) in enumerate(zip(job_texts, job_hashes, strict=True))
+        ]
+        for job, job_texts, job_hashes in zip(jobs, texts, hashes, strict=True)
+    ]
+
+
+def _cached_by_task(
+    session: Session, settings: Settings, jobs: Sequence[_Checked], hashes: list[list[str]]
+) -> dict[str, dict[str, Output]]:
+    """One cache lookup per task for every input of these jobs."""
+    wanted: dict[str, set[str]] = {}
+    for checked, job_hashes in zip(jobs, hashes, strict=True):
+        wanted.setdefault(checked.submission.request.task, set()).update(job_hashes)
+    return {
+        task: _cached_outputs(session, settings, task, sorted(digests))
+        for task, digests in wanted.items()
+    }
 
 
 def _cached_outputs(

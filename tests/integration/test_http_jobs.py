@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -181,10 +182,16 @@ def test_request_id_follows_the_job_into_the_worker(deployment: Deployment) -> N
         client.get(created.headers["location"], params={"wait": 30})
 
     assert created.headers["x-request-id"] == request_id
-    worker_lines = [
-        line for line in deployment.stack.log("worker").splitlines() if request_id in line
-    ]
-    assert any('"batch_done"' in line for line in worker_lines), worker_lines
+
+    def worker_lines() -> list[str]:
+        return [line for line in deployment.stack.log("worker").splitlines() if request_id in line]
+
+    # The worker logs the batch just after the commit that finished the job, which is what
+    # answered the long-poll: give the log line a moment to be written.
+    deadline = time.monotonic() + 10
+    while not any('"batch_done"' in line for line in worker_lines()):
+        assert time.monotonic() < deadline, worker_lines()
+        time.sleep(0.05)
 
 
 def test_the_api_process_never_loads_torch(deployment: Deployment) -> None:

@@ -21,7 +21,13 @@ from core.broker import RunItems
 from core.config import Settings
 from core.db.models import Job, JobItem, OutboxMessage, Result, utcnow
 from core.db.session import Database
-from core.errors import IdempotencyConflict, InvalidInput, InvalidTransition, NotFound
+from core.errors import (
+    IdempotencyConflict,
+    InferqError,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+)
 from core.inference import registry
 from core.inference.engine import InferenceEngine, Output
 from core.inference.registry import TaskSpec, TierSpec
@@ -30,7 +36,7 @@ from core.jobs.cancel import cancel_job
 from core.jobs.execute import Delivery, Worker, run_batch, run_items
 from core.jobs.lifecycle import ClaimedItem, claim_items, claim_many, record_many, record_results
 from core.jobs.queries import get_job, list_jobs
-from core.jobs.submit import JobRequest, Submitted, submit_job
+from core.jobs.submit import JobRequest, Submission, Submitted, submit_job, submit_many
 from core.jobs.sweeper import sweep
 from core.security import ensure_tenant
 
@@ -739,3 +745,67 @@ def test_record_many_settles_every_finished_job_and_only_those(db: Database) -> 
     with db.transaction() as session:  # the same outcomes again (a redelivery) write nothing
         assert record_many(session, outcomes) == {}
     assert count(db, Result) == 3
+
+
+# --- several callers' submits in one transaction --------------------------------------------------
+
+
+def submissions(tenant_id: int, count: int, tag: str) -> list[Submission]:
+    return [
+        Submission(tenant_id, JobRequest("sentiment", [f"film {tag} {n}"]), request_id=f"r{n}")
+        for n in range(count)
+    ]
+
+
+def test_many_submits_are_written_in_as_many_statements_as_one(
+    pg_db: Database, sent: list[Sent]
+) -> None:
+    # PostgreSQL, where the API batches submits; SQLite (embedded mode, one process) writes
+    # outbox rows one statement each (SQLAlchemy keeps RETURNING order there row by row).
+    db = pg_db
+    tenant_id = tenant(db)
+
+    def write(count: int) -> list[Submitted | InferqError]:
+        with db.transaction() as session:
+            return submit_many(session, settings(), submissions(tenant_id, count, str(count)))
+
+    one = statements_run(db, lambda: write(1))
+    assert statements_run(db, lambda: write(30)) == one
+    assert count(db, Job) == 31
+    assert count(db, JobItem, JobItem.status == "queued") == 31
+    # Every job is dispatched, with its own request id, after the commit.
+    assert sorted(m.request_id or "" for m in sent[1:]) == sorted(f"r{n}" for n in range(30))
+
+
+def test_a_refused_submit_gets_its_error_in_its_place_and_the_others_are_written(
+    db: Database,
+) -> None:
+    tenant_id = tenant(db)
+    good = submissions(tenant_id, 2, "ok")
+    bad = Submission(tenant_id, JobRequest("sentiment", ["   "]))
+    keyed = Submission(tenant_id, JobRequest("sentiment", ["keyed"]), idempotency_key="k-1")
+    with db.transaction() as session:
+        outcomes = submit_many(session, settings(), [good[0], bad, keyed, good[1]])
+    assert isinstance(outcomes[1], InvalidInput)
+    created = [o for o in outcomes if isinstance(o, Submitted)]
+    assert [o.created for o in created] == [True, True, True]
+    assert count(db, Job) == 3
+    with db.transaction() as session:  # the key is honoured as submit_job honours it
+        again = submit_many(session, settings(), [keyed])
+    assert isinstance(again[0], Submitted)
+    assert not again[0].created
+    assert again[0].job.id == created[1].job.id
+
+
+def test_submits_in_one_batch_keep_their_own_ids_inputs_and_order(db: Database) -> None:
+    tenant_id = tenant(db)
+    wanted = [uuid.uuid4() for _ in range(3)]
+    batch = [
+        Submission(tenant_id, JobRequest("sentiment", [f"a{n}", f"b{n}"]), job_id=job_id)
+        for n, job_id in enumerate(wanted)
+    ]
+    with db.transaction() as session:
+        outcomes = submit_many(session, settings(), batch)
+    assert [o.job.id for o in outcomes if isinstance(o, Submitted)] == wanted
+    for n, job_id in enumerate(wanted):
+        assert [(i.index, i.text) for i in items(db, job_id)] == [(0, f"a{n}"), (1, f"b{n}")]

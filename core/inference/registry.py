@@ -4,16 +4,21 @@ Built-in tasks are below; ``INFERQ_TASKS`` adds tasks or replaces a task's chain
 ``{"sentiment": {"chain": [{"tier": "primary", "adapter": "pkg.mod:Class"}, ...]}}``.
 Torch-free on purpose: the API imports this to validate task names and must never pull in
 torch. Tiers name their adapter as "module:Class" and are imported only when a worker loads them.
+
+``INFERQ_RUNTIME`` swaps the built-in torch tiers for their ONNX Runtime twins (``auto`` decides
+per machine, see ``onnx_transformer.choose_runtime``); a chain set in ``INFERQ_TASKS`` runs the
+adapters it names.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
 from core.config import get_settings
+from core.inference.onnx_transformer import runtime_for
 
 Tier = Literal["primary", "fallback", "rules"]  # also declared in core.config.TierConfig
 
@@ -52,8 +57,26 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+# The ONNX Runtime twin of each built-in torch tier that has one.
+ONNX_TWINS = {
+    "core.inference.transformer:SentimentTransformer": (
+        "core.inference.onnx_transformer:OnnxSentimentTransformer"
+    ),
+    "core.inference.transformer:SentenceEmbedder": (
+        "core.inference.onnx_transformer:OnnxSentenceEmbedder"
+    ),
+}
+
+
+def _on_onnx(spec: TaskSpec) -> TaskSpec:
+    chain = tuple(
+        replace(tier, adapter=ONNX_TWINS.get(tier.adapter, tier.adapter)) for tier in spec.chain
+    )
+    return replace(spec, chain=chain)
+
+
 def all_tasks() -> dict[str, TaskSpec]:
-    """The built-in tasks with the configured ones laid over them."""
+    """The built-in tasks on the configured runtime, with the configured ones laid over them."""
     configured = {
         name: TaskSpec(
             name=name,
@@ -62,7 +85,10 @@ def all_tasks() -> dict[str, TaskSpec]:
         )
         for name, config in get_settings().tasks.items()
     }
-    return {**TASKS, **configured}
+    builtin = TASKS
+    if runtime_for(get_settings()) == "onnx":
+        builtin = {name: _on_onnx(spec) for name, spec in TASKS.items()}
+    return {**builtin, **configured}
 
 
 def task_names() -> frozenset[str]:

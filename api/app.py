@@ -10,10 +10,9 @@ import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, grouped
 from api.middleware import BodySizeLimit
 from api.routes import health, jobs, models, webhooks
-from api.submits import SubmitBatcher
 from core.broker import get_celery
 from core.config import Settings, get_settings
 from core.db.session import Database
@@ -33,7 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level, settings.log_format, extra=[_request_id])
         app.state.settings = settings
         app.state.database = Database(settings.resolved_database_url)
-        app.state.submits = SubmitBatcher(app.state.database, settings)
+        app.state.submits = grouped.submits(app.state.database, settings)
+        app.state.reads = grouped.reads(app.state.database)
         app.state.api_keys = KeyCache(settings.api_key_cache_seconds)
         app.state.celery = get_celery()
         app.state.circuits = Circuits(

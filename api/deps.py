@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from api.submits import SubmitBatcher
+from api.grouped import Grouped
 from core.config import Settings
 from core.db.session import Database
 from core.jobs.finished import FinishedJobs
+from core.jobs.submit import Submission, Submitted
 from core.security import KeyCache, local_tenant_id
+from schemas.jobs import JobOut
 
 
 def get_settings(request: Request) -> Settings:
@@ -30,9 +33,14 @@ def get_finished_jobs(request: Request) -> FinishedJobs | None:
     return finished
 
 
-def get_submits(request: Request) -> SubmitBatcher:
-    submits: SubmitBatcher = request.app.state.submits
+def get_submits(request: Request) -> Grouped[Submission, Submitted]:
+    submits: Grouped[Submission, Submitted] = request.app.state.submits
     return submits
+
+
+def get_reads(request: Request) -> Grouped[tuple[int, uuid.UUID], JobOut]:
+    reads: Grouped[tuple[int, uuid.UUID], JobOut] = request.app.state.reads
+    return reads
 
 
 def get_session(database: Annotated[Database, Depends(get_database)]) -> Iterator[Session]:
@@ -65,4 +73,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 TenantDep = Annotated[int, Depends(get_tenant)]
 FinishedJobsDep = Annotated[FinishedJobs | None, Depends(get_finished_jobs)]
-SubmitsDep = Annotated[SubmitBatcher, Depends(get_submits)]
+SubmitsDep = Annotated[Grouped[Submission, Submitted], Depends(get_submits)]
+ReadsDep = Annotated[Grouped[tuple[int, uuid.UUID], JobOut], Depends(get_reads)]

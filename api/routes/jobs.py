@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import (
     DatabaseDep,
     FinishedJobsDep,
+    ReadsDep,
     SessionDep,
     SettingsDep,
     SubmitsDep,
@@ -63,6 +64,7 @@ async def create_job(
     tenant_id: TenantDep,
     finished_jobs: FinishedJobsDep,
     submits: SubmitsDep,
+    reads: ReadsDep,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
     prefer: Annotated[
         str | None,
@@ -86,7 +88,7 @@ async def create_job(
         listening = watch is not None and watch.live
         # The transaction commits (and the outbox relays) inside _submit, before any waiting:
         # a 202 or 201 always means the job is durable.
-        submitted = await submits.submit(
+        submitted = await submits(
             Submission(tenant_id, request, idempotency_key, correlation_id.get(), new_id)
         )
         job_id = submitted.job.id
@@ -108,11 +110,7 @@ async def create_job(
                 else:  # an earlier job, returned for the same Idempotency-Key
                     await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
                 view = None
-    out = (
-        job_out(view)
-        if view is not None
-        else await run_in_threadpool(_read, database, tenant_id, job_id)
-    )
+    out = job_out(view) if view is not None else await reads((tenant_id, job_id))
     if wait is not None and out.status in TERMINAL_JOB:
         response.status_code = status.HTTP_201_CREATED
     return out
@@ -159,13 +157,14 @@ async def read_job(
     settings: SettingsDep,
     tenant_id: TenantDep,
     finished_jobs: FinishedJobsDep,
+    reads: ReadsDep,
     wait: Annotated[float, Query(ge=0, description="Long-poll up to this many seconds.")] = 0,
 ) -> JobOut:
     if wait > settings.max_wait_seconds:
         raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
     if wait > 0:
         await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
-    return await run_in_threadpool(_read, database, tenant_id, job_id)
+    return await reads((tenant_id, job_id))
 
 
 async def _long_poll(
@@ -206,11 +205,6 @@ async def _long_poll(
 def _status(database: Database, tenant_id: int, job_id: uuid.UUID) -> str:
     with database.read() as session:
         return job_status(session, tenant_id, job_id)
-
-
-def _read(database: Database, tenant_id: int, job_id: uuid.UUID) -> JobOut:
-    with database.read() as session:
-        return job_out(get_job(session, tenant_id, job_id))
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=PROBLEMS)

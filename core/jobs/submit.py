@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from core.config import Settings
 from core.db.bulk import insert_rows
@@ -186,6 +186,9 @@ def _insert_many(session: Session, settings: Settings, jobs: Sequence[_Checked])
     ]
     insert_rows(session, Job, rows)
     written = [Job(**{_JOB_ATTRIBUTES.get(k, k): v for k, v in row.items()}) for row in rows]
+    for job in written:  # the rows as written, now the session's (no second INSERT)
+        make_transient_to_detached(job)
+        session.add(job)
     items = _insert_items(session, written, [c.texts for c in jobs], hashes, cached, now)
     served = [
         (job, item, cached[job.task][item.input_hash])

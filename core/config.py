@@ -31,14 +31,30 @@ class BatchPolicy(BaseModel):
     """How a worker forms one micro-batch for a task, and how the engine cuts it into passes.
 
     A worker flushes a micro-batch at whichever of max_items, token_budget (estimated tokens of
-    its inputs) or max_wait_ms comes first. The engine then sorts the batch by length and runs
-    forward passes of at most forward_max_items rows and forward_token_budget padded tokens
-    (rows x longest). A batch wider than one pass is what makes sorting pay: on the 10,000
-    benchmark texts (SST-2 phrases, 19 word pieces on average), passes of 64 inputs as they come
-    compute 2.5x the real tokens; sorted windows of 512 cut into passes of 64, 32 or 16 rows
-    compute 1.22x, 1.10x and 1.05x. Passes of 32 rows ran 9 % faster than 64 with one torch
-    thread (how a worker's pool process runs on a 2-core host) and 3-6 % with two (2 cores,
-    bf16, 2026-11-21); 16 rows were no faster than 32.
+    its inputs) or max_wait_ms comes first. The engine then sorts the batch by length and cuts
+    it into forward passes of at most forward_max_items rows and forward_token_budget padded
+    tokens (rows x longest), choosing the cut with the least padded tokens plus
+    forward_pass_overhead_tokens per pass (``core.inference.engine.plan_passes``). A batch wider
+    than one pass is what makes sorting pay: on the 10,000 benchmark texts (SST-2 phrases, 19
+    word pieces on average), passes of 64 inputs as they come compute 2.5x the real tokens;
+    sorted windows of 512 cut into fixed passes of 32 rows compute 1.10x in 313 passes, the
+    planned cut 1.05x in 268 (8 to 64 rows; all 10,000 sorted in passes of 64: 1.01x in 157).
+
+    Measured on the shared 2-core VM (AVX512-BF16 EPYC, 2026-12-03; indicative), engine vs the
+    bare model's best loop over the same 4,096 texts all sorted by length, interleaved batch by
+    batch: the planned cut took the engine from 0.88-0.90 to 0.94-0.96 of that loop with one
+    torch thread (a worker's pool process on this host) in bf16, 0.92 to 0.98 in fp32 (ONNX
+    Runtime), 0.86-0.89 to 0.87-0.95 with two threads in bf16.
+
+    forward_pass_overhead_tokens (64): what a pass costs beyond its tokens. Fitting pass time =
+    a + b x padded tokens over 1-128 rows and 8-64 tokens gave a/b = 46 tokens (torch bf16, one
+    thread), 31 (torch fp32), 88 (bf16, two threads), 16 (ONNX fp32); cuts planned with 16 to
+    192 ran within the noise of each other, so one default serves them all.
+    forward_max_items (64, was 32): 32 beat 64 only for fixed cuts, which pad 1.22x at 64; with
+    the planned cut 64 ran 1-4 % faster (0.941 vs 0.929 of the bare loop at one thread, 0.910
+    vs 0.887 at two). The transformer tiers cut a longer call at their own batch size (64).
+    max_items (512): windows of 1024 measured about 5 % faster at two threads, but an
+    interactive input may wait for the batch in flight, and that would double it.
     """
 
     max_items: int = Field(default=512, ge=1)

@@ -7,14 +7,16 @@ class and precision that ``INFERQ_RUNTIME`` and ``INFERQ_PRECISION`` select, loa
 once inside the engine) at the same thread count. (a) ``predict([t])`` per text; (b)
 ``InferenceEngine.run("sentiment", batch)`` where each batch is what a worker with a backlog
 hands the engine: whole messages of ``chunk_size`` items, up to the policy's ``max_items`` and
-token budget; (c) ``predict(chunk)`` over chunks of 64 in file order; (d) ``predict(texts)``
-over all texts at once, which sorts all of them by length before cutting passes of
-``batch_size`` rows, once for each size in ``--bare-passes``: the least padding any loop over
-this model can have. The fastest (d) is the ceiling, and the headline is the engine's gain
-over (a) as a share of that ceiling's gain over (a).
+token budget; (c) ``predict(chunk)`` over chunks of 64 in file order; (d) the forward passes
+of one ``predict(texts)`` over all texts, which sorts all of them by length before cutting
+passes of ``batch_size`` rows, once for each size in ``--bare-passes``: the least padding any
+loop over this model can have. The fastest (d) is the ceiling, and the headline is the
+engine's gain over (a) as a share of that ceiling's gain over (a).
 
-The variants run interleaved: each of ``--repeats`` rounds runs every variant once, and every
-variant keeps its best round, so a machine that is slow for a while slows them all alike.
+The variants run interleaved: each is cut into one slice per worker batch, and each of
+``--repeats`` rounds runs every variant's first slice, then every variant's second, and so on;
+every variant keeps its best round. A shared machine that is slow for a few seconds then slows
+every variant alike.
 
     python -m bench.batching_gain --n 10000
 """

@@ -44,14 +44,14 @@ class BatchPolicy(BaseModel):
     bare model's best loop over the same 4,096 texts all sorted by length, interleaved batch by
     batch: the planned cut took the engine from 0.88-0.90 to 0.94-0.96 of that loop with one
     torch thread (a worker's pool process on this host) in bf16, 0.92 to 0.98 in fp32 (ONNX
-    Runtime), 0.86-0.89 to 0.87-0.95 with two threads in bf16.
+    Runtime), 0.82-0.89 to 0.86-0.95 with two threads in bf16 (0.89 on all 10,000 texts).
 
     forward_pass_overhead_tokens (64): what a pass costs beyond its tokens. Fitting pass time =
     a + b x padded tokens over 1-128 rows and 8-64 tokens gave a/b = 46 tokens (torch bf16, one
     thread), 31 (torch fp32), 88 (bf16, two threads), 16 (ONNX fp32); cuts planned with 16 to
     192 ran within the noise of each other, so one default serves them all.
     forward_max_items (64, was 32): 32 beat 64 only for fixed cuts, which pad 1.22x at 64; with
-    the planned cut 64 ran 1-4 % faster (0.941 vs 0.929 of the bare loop at one thread, 0.910
+    the planned cut 64 ran 1-3 % faster (0.941 vs 0.929 of the bare loop at one thread, 0.910
     vs 0.887 at two). The transformer tiers cut a longer call at their own batch size (64).
     max_items (512): windows of 1024 measured about 5 % faster at two threads, but an
     interactive input may wait for the batch in flight, and that would double it.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -248,3 +249,21 @@ async def run_scenarios(
             await closed_loop(target, http, requests, clients=clients, timeout=timeout)
         ).as_dict()
     return result
+
+
+def medians(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each figure's median across the rounds, figure by figure."""
+
+    def median(scenario: str, key: str) -> float | None:
+        found = (r[scenario][key] for r in rounds if scenario in r)
+        values = [v for v in found if isinstance(v, int | float) and math.isfinite(v)]
+        return round(statistics.median(values), 2) if values else None
+
+    return {
+        "single_texts_per_s": median("single", "texts_per_s"),
+        "half_load_offered_per_s": median("half_load", "offered_per_s"),
+        "half_load_p50_ms": median("half_load", "p50_ms"),
+        "half_load_p99_ms": median("half_load", "p99_ms"),
+        "bulk_texts_per_s": median("bulk", "texts_per_s"),
+        "mean_items_per_batch": median("batches", "mean_items_per_batch"),
+    }

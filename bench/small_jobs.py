@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -55,7 +54,7 @@ from bench.common import (
     stack_options,
     worker_batch_stats,
 )
-from bench.load import InferqTarget, http_client, run_scenarios
+from bench.load import InferqTarget, http_client, medians, run_scenarios
 
 TARGETS = {
     "single_vs_bare_one_at_a_time": 2.5,
@@ -162,17 +161,13 @@ def measure_round(args: argparse.Namespace, layout: SameTexts) -> Round:
     return Round(scenarios, server, worker, bare)
 
 
-def medians(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
-    def median(scenario: str, key: str) -> float | None:
-        values = [r[scenario][key] for r in rounds if r.get(scenario)]
-        return round(statistics.median(values), 2) if values else None
+# The figures inferq and Ray are compared on (bench.load.medians has a few more).
+COMPARED = ("single_texts_per_s", "half_load_p50_ms", "half_load_p99_ms", "bulk_texts_per_s")
 
-    return {
-        "single_texts_per_s": median("single", "texts_per_s"),
-        "half_load_p50_ms": median("half_load", "p50_ms"),
-        "half_load_p99_ms": median("half_load", "p99_ms"),
-        "bulk_texts_per_s": median("bulk", "texts_per_s"),
-    }
+
+def compared_medians(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
+    every = medians(rounds)
+    return {key: every[key] for key in COMPARED}
 
 
 def versus_ray(args: argparse.Namespace, layout: SameTexts, ours: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +183,7 @@ def versus_ray(args: argparse.Namespace, layout: SameTexts, ours: dict[str, Any]
         0,
         layout=layout,
     )
-    theirs = medians(ray["rounds"])
+    theirs = compared_medians(ray["rounds"])
 
     def over(key: str) -> float | None:
         if ours.get(key) is None or not theirs.get(key):
@@ -221,7 +216,7 @@ def main() -> None:
     rounds, median = run_rounds(
         args.rounds, lambda: measure_round(args, layout), lambda r: r.ratio, "x"
     )
-    ours = medians([r.scenarios for r in rounds])
+    ours = compared_medians([r.scenarios for r in rounds])
     p50, p99 = ours["half_load_p50_ms"], ours["half_load_p99_ms"]
     single = median.scenarios["single"]
     results: dict[str, Any] = {

@@ -58,10 +58,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -91,7 +89,7 @@ from bench.common import (
     machine_facts,
     quiet_logging,
 )
-from bench.load import http_client, run_scenarios
+from bench.load import http_client, medians, run_scenarios
 
 MAX_BATCH_SIZE = 32
 BATCH_WAIT_TIMEOUT_S = 0.025
@@ -600,24 +598,6 @@ def _headline(scenarios: dict[str, Any]) -> str:
     if "bulk" in scenarios:
         line += f", bulk {scenarios['bulk']['texts_per_s']:.1f} texts/s"
     return line
-
-
-def medians(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Each figure's median across the rounds, figure by figure."""
-
-    def median(scenario: str, key: str) -> float | None:
-        found = (r[scenario][key] for r in rounds if scenario in r)
-        values = [v for v in found if isinstance(v, int | float) and math.isfinite(v)]
-        return round(statistics.median(values), 2) if values else None
-
-    return {
-        "single_texts_per_s": median("single", "texts_per_s"),
-        "half_load_offered_per_s": median("half_load", "offered_per_s"),
-        "half_load_p50_ms": median("half_load", "p50_ms"),
-        "half_load_p99_ms": median("half_load", "p99_ms"),
-        "bulk_texts_per_s": median("bulk", "texts_per_s"),
-        "mean_items_per_batch": median("batches", "mean_items_per_batch"),
-    }
 
 
 # ---------------------------------------------------------------------------------------- main

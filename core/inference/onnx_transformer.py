@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Self
 
 from core.config import Settings, get_settings
 from core.inference.onnx_export import (
@@ -196,10 +196,12 @@ class OnnxSentimentTransformer(_OnnxBatches):
     """`sentiment` primary tier on ONNX Runtime: the torch tier's merged model, exported."""
 
     output = "logits"
+    variant = "fp32"  # what the version and the model name say about the graph
+    suffix = "-onnx"
 
     @classmethod
     def current_version(cls) -> str:
-        return onnx_version(artefact_version(SENTIMENT_ARTEFACT_DIR), "fp32")
+        return onnx_version(artefact_version(SENTIMENT_ARTEFACT_DIR), cls.variant)
 
     @classmethod
     def load(
@@ -208,18 +210,26 @@ class OnnxSentimentTransformer(_OnnxBatches):
         device: str = "cpu",
         precision: str | None = None,
         cache_dir: Path | None = None,
-    ) -> OnnxSentimentTransformer:
+    ) -> Self:
         _check_cpu(device, precision)
         directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
         check_base_model(directory)  # a cached graph must not outlive the base model it holds
         tokenizer = load_tokenizer()
-        path = _sentiment_graph(directory, tokenizer, cache_dir or default_cache_dir())
-        return cls(
-            name=f"{read_model_card(directory)['name']}-onnx",
-            version=onnx_version(artefact_version(directory), "fp32"),
-            tokenizer=tokenizer,
-            session=open_session(path),
-        )
+        name = f"{read_model_card(directory)['name']}{cls.suffix}"
+        version = onnx_version(artefact_version(directory), cls.variant)
+        path = cls._graph(directory, tokenizer, cache_dir or default_cache_dir(), name, version)
+        return cls(name=name, version=version, tokenizer=tokenizer, session=open_session(path))
+
+    @classmethod
+    def _graph(
+        cls,
+        directory: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        cache_dir: Path,
+        _name: str,
+        _version: str,
+    ) -> Path:
+        return _sentiment_graph(directory, tokenizer, cache_dir)
 
     def _run_batch(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         import numpy as np
@@ -239,31 +249,22 @@ class OnnxInt8SentimentTransformer(OnnxSentimentTransformer):
     (bench/precision.py) before serving it."""
 
     precision = "int8"
+    variant = "int8-dynamic"
+    suffix = "-onnx-int8"
 
     @classmethod
-    def current_version(cls) -> str:
-        return onnx_version(artefact_version(SENTIMENT_ARTEFACT_DIR), "int8-dynamic")
-
-    @classmethod
-    def load(
+    def _graph(
         cls,
-        artefact_dir: Path | None = None,
-        device: str = "cpu",
-        precision: str | None = None,
-        cache_dir: Path | None = None,
-    ) -> OnnxInt8SentimentTransformer:
-        _check_cpu(device, precision)
-        directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
-        check_base_model(directory)
-        tokenizer = load_tokenizer()
-        cache_dir = cache_dir or default_cache_dir()
-        version = onnx_version(artefact_version(directory), "int8-dynamic")
-        name = f"{read_model_card(directory)['name']}-onnx-int8"
+        directory: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        cache_dir: Path,
+        name: str,
+        version: str,
+    ) -> Path:
         fp32 = _sentiment_graph(directory, tokenizer, cache_dir)
-        path = cached_export(
+        return cached_export(
             cache_dir / f"{name}-{version}.onnx", lambda to: quantise_graph(fp32, to)
         )
-        return cls(name=name, version=version, tokenizer=tokenizer, session=open_session(path))
 
 
 def _sentiment_graph(directory: Path, tokenizer: PreTrainedTokenizerBase, cache_dir: Path) -> Path:

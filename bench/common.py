@@ -278,7 +278,7 @@ class Stack:
 
     def run(self, *args: str, timeout: float = 120) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env=self.env,
             cwd=REPO,
             capture_output=True,
@@ -295,7 +295,7 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         log_file = (self.work_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", *args],
+            [sys.executable, "-m", "cli", *args],
             env={**self.env, **(extra_env or {})},
             cwd=REPO,
             stdout=log_file,

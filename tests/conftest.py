@@ -66,7 +66,7 @@ def redis_url() -> Iterator[str]:
 
 
 def migrated(url: str) -> Database:
-    from core.cli import upgrade_database
+    from cli.main import upgrade_database
     from core.config import Settings
 
     upgrade_database(Settings(database_url=url))

@@ -268,7 +268,7 @@ def test_several_api_processes_serve_jobs_and_add_up_their_metrics(
 def test_several_api_processes_need_distributed_mode(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFERQ_")}
     done = subprocess.run(
-        [sys.executable, "-m", "core.cli", "serve", "--workers", "2"],
+        [sys.executable, "-m", "cli", "serve", "--workers", "2"],
         env={**env, "INFERQ_DATA_DIR": str(tmp_path)},
         capture_output=True,
         text=True,

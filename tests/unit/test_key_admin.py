@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from core.cli import app
+from cli.main import app
 from core.db.models import ApiKey
 from core.db.session import Database
 from core.errors import InvalidInput, Unauthorized

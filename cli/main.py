@@ -49,7 +49,7 @@ def upgrade_database(settings: Settings) -> None:
 
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent  # the repository (cli/ sits at its top)
     config = Config()
     config.set_main_option("script_location", str(root / "migrations"))
     config.set_main_option("sqlalchemy.url", settings.resolved_database_url)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from api import errors, grouped
 from api.middleware import BodySizeLimit
-from api.routes import health, jobs, models, webhooks
+from api.routes import batches, health, jobs, models, webhooks
 from core.broker import get_celery
 from core.config import Settings, get_settings
 from core.db.session import Database
@@ -59,12 +59,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(batches.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(health.router)
 
     app.add_middleware(CorrelationIdMiddleware, validator=None)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        limits={"/v1/batches": settings.max_batch_body_bytes},
+    )
     return app
 
 

@@ -25,17 +25,22 @@ class BodyTooLarge(HTTPException):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """``max_bytes`` for every route but those of ``limits`` (exact paths, e.g. the batch upload,
+    which streams its body and has a limit of its own)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, limits: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limits = limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        most = self.limits.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(scope, send)
+        if declared is not None and declared.isdigit() and int(declared) > most:
+            await self._reject(scope, send, most)
             return
         seen = 0
 
@@ -43,19 +48,19 @@ class BodySizeLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise BodyTooLarge(self.max_bytes)
+            if seen > most:
+                raise BodyTooLarge(most)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    async def _reject(self, scope: Scope, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send, most: int) -> None:
         body = json.dumps(
             {
                 "type": "https://inferq.dev/problems/payload-too-large",
                 "title": "Payload too large",
                 "status": 413,
-                "detail": f"the request body is over {self.max_bytes} bytes; send fewer or shorter "
+                "detail": f"the request body is over {most} bytes; send fewer or shorter "
                 "inputs, or use /v1/batches",
                 "instance": scope.get("path"),
             }

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
-import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from core.config import Settings, get_settings
+from core.db.models import Batch
 from core.db.session import Database
-from core.errors import InvalidInput
+from core.errors import InferqError, InvalidInput
 from core.telemetry.logging import configure_logging
+
+if TYPE_CHECKING:
+    from cli import process as processing
 
 app = typer.Typer(help="inferq: queue-driven NLP inference.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -250,81 +250,65 @@ def ingest() -> None:
 @app.command()
 def process(
     input_path: Annotated[
-        Path,
+        str,
         typer.Argument(
-            exists=True,
-            dir_okay=False,
             metavar="INPUT",
-            help="JSONL ('text', optional 'id'), CSV with a 'text' column, or one text per line.",
+            help="JSONL/NDJSON ('text', optional 'id'), CSV with a 'text' column, or one text "
+            "per line; .gz is read through; '-' reads JSONL from stdin.",
         ),
     ],
     task: Annotated[str, typer.Option(help="Task to run.")] = "sentiment",
-    output: Annotated[Path | None, typer.Option(help="JSONL results (default: stdout).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="JSONL results, one line per input (default: stdout).")
+    ] = None,
 ) -> None:
-    """Run every text of a file through the queue and write one result line per input."""
+    """Run every line of a file through the batch path and write one result line per input, in
+    input order, as they finish. Run it again after a crash with the same INPUT and --output:
+    it resumes where it stopped."""
+    from cli import process as processing
     from core.jobs.validation import check_task
     from core.security import local_tenant_id
-    from producers import files
 
     settings = _setup(quiet_logs=True)
     check_task(task)
+    if input_path != "-" and not Path(input_path).is_file():
+        raise typer.BadParameter(f"{input_path} is not a file", param_hint="INPUT")
     if settings.embedded:
         upgrade_database(settings)
     database = Database(settings.resolved_database_url)
     with database.transaction() as session:
         tenant_id = local_tenant_id(session)
-    with ExitStack() as stack:
-        if settings.embedded:
-            from workers.embedded import running_worker
+    start_worker = None
+    if settings.embedded:
+        from workers.embedded import running_worker
 
-            stack.enter_context(running_worker(settings.data_dir))
-        started = time.perf_counter()
-        submitted = files.submit_file(
-            database, settings, input_path, task=task, tenant_id=tenant_id
-        )
-        total = sum(1 for record in submitted.records if record.error is None)
-        _follow(database, submitted.jobs, total, files.finished_items)
-        elapsed = time.perf_counter() - started
-    with ExitStack() as stack:
-        out = stack.enter_context(output.open("w", encoding="utf-8")) if output else sys.stdout
-        tally = files.write_results(database, tenant_id, submitted, out)
-    _summary(len(submitted.records), total, elapsed, tally, output)
+        def start_worker() -> AbstractContextManager[None]:
+            return running_worker(settings.data_dir)
 
-
-def _follow(
-    database: Database,
-    jobs: list[uuid.UUID],
-    total: int,
-    finished: Callable[[Database, list[uuid.UUID]], int],
-) -> None:
-    columns = (
-        TextColumn("[bold]processing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} items/s"),
-        TimeElapsedColumn(),
-    )
     started = time.perf_counter()
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("items", total=total, rate="0")
-        done = 0
-        while done < total:
-            time.sleep(0.25)
-            done = finished(database, jobs)
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            progress.update(bar, completed=done, rate=f"{rate:,.0f}")
+    try:
+        batch, tally, resumed = processing.run(
+            database, settings, tenant_id, input_path, task, output, console, start_worker
+        )
+    except InferqError as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from exc
+    _summary(batch, tally, resumed, time.perf_counter() - started, output)
 
 
 def _summary(
-    records: int, ran: int, elapsed: float, tally: dict[str, int], output: Path | None
+    batch: Batch, tally: processing.Tally, resumed: bool, elapsed: float, output: Path | None
 ) -> None:
     table = Table(title="inferq process", show_header=False)
-    table.add_row("inputs read", f"{records:,}")
-    table.add_row("inputs run", f"{ran:,}")
+    table.add_row("batch", f"{batch.id} ({batch.status}{', resumed' if resumed else ''})")
+    table.add_row("lines", f"{batch.total:,}")
+    if tally.skipped:
+        table.add_row("already written", f"{tally.skipped:,}")
+    table.add_row("written now", f"{tally.written:,}")
     table.add_row("seconds", f"{elapsed:,.1f}")
-    table.add_row("items/s", f"{ran / max(elapsed, 1e-9):,.1f}")
-    for tier, count in sorted(tally.items()):
-        table.add_row(f"results: {tier}", f"{count:,}")
+    table.add_row("lines/s", f"{tally.written / max(elapsed, 1e-9):,.1f}")
+    for outcome, count in sorted(tally.outcomes.items()):
+        table.add_row(outcome, f"{count:,}")
     if output:
         table.add_row("written to", str(output))
     console.print(table)

@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue  # type: ignore[attr-defined]
 
 from core.config import Settings, get_settings
@@ -21,6 +22,9 @@ RELAY_OUTBOX = "inferq.relay_outbox"
 SWEEP = "inferq.sweep"
 DELIVER_WEBHOOK = "inferq.deliver_webhook"
 DISPATCH_WEBHOOKS = "inferq.dispatch_webhooks"
+DISPATCH_BATCHES = "inferq.dispatch_batches"
+NIGHTLY_SCAN = "inferq.nightly_scan"
+NIGHTLY_COLLECT = "inferq.nightly_collect"
 
 QUEUES = ("interactive", "bulk")
 MAINTENANCE_QUEUE = "maintenance"
@@ -32,6 +36,7 @@ WEBHOOKS_QUEUE = "webhooks"
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
+        "timezone": settings.timezone,
         "broker_connection_retry_on_startup": True,
         # Redis re-delivers an unacked message after this long. A batch takes seconds, so an hour
         # never re-runs a live batch; a dead worker's batches are re-driven sooner by the sweeper.
@@ -71,6 +76,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.sweep_interval_seconds,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.sweep_interval_seconds},
             },
+            # A backstop: workers top a batch up as they finish its items.
+            "dispatch-batches": {
+                "task": DISPATCH_BATCHES,
+                "schedule": settings.relay_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.relay_interval_seconds},
+            },
+            "nightly-scan": {
+                "task": NIGHTLY_SCAN,
+                "schedule": nightly_schedule(settings),
+                "options": {"queue": MAINTENANCE_QUEUE},
+            },
+            "nightly-collect": {
+                "task": NIGHTLY_COLLECT,
+                "schedule": settings.nightly_collect_interval_seconds,
+                "options": {
+                    "queue": MAINTENANCE_QUEUE,
+                    "expires": settings.nightly_collect_interval_seconds,
+                },
+            },
             "dispatch-webhooks": {
                 "task": DISPATCH_WEBHOOKS,
                 "schedule": settings.webhook_dispatch_interval_seconds,
@@ -81,6 +105,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             },
         },
     }
+
+
+def nightly_schedule(settings: Settings) -> crontab:
+    """INFERQ_NIGHTLY_CRON (``minute hour day-of-month month day-of-week``) as Celery's crontab,
+    read in INFERQ_TIMEZONE (the app's ``timezone``)."""
+    fields = settings.nightly_cron.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"INFERQ_NIGHTLY_CRON {settings.nightly_cron!r} needs five fields: "
+            "minute hour day-of-month month day-of-week"
+        )
+    minute, hour, day_of_month, month_of_year, day_of_week = fields
+    return crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )
 
 
 def create_celery(settings: Settings) -> Celery:

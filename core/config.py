@@ -86,6 +86,29 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     max_wait_seconds: float = Field(default=30.0, ge=0)
 
+    # The bulk door (POST /v1/batches, `inferq process`, the nightly inbox; core.jobs.batches).
+    max_batch_lines: int = Field(default=1_000_000, ge=1)
+    max_batch_body_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    # A batch's lines run as jobs of this many inputs; the dispatcher keeps at most
+    # batch_jobs_in_flight of them queued or running per batch, so batches of several tenants
+    # progress side by side instead of one after the other (fair share).
+    batch_job_size: int = Field(default=256, ge=1)
+    batch_jobs_in_flight: int = Field(default=8, ge=1)
+    # Lines are sorted by length over windows this large before they are cut into jobs, so the
+    # inputs of a micro-batch have about the same length (less padding); 1 turns sorting off.
+    batch_sort_window: int = Field(default=8192, ge=1)
+    batch_completion_window: str = "24h"
+    batch_max_completion_window: str = "7d"
+    # Nightly inbox: "/srv/inbox" (task sentiment) or "sentiment=/srv/in-a;embed=/srv/in-b".
+    inbox_dir: str = ""
+    outbox_dir: Path | None = None  # default: an "outbox" folder beside each inbox
+    nightly_cron: str = "0 2 * * *"  # minute hour day-of-month month day-of-week
+    timezone: str = "UTC"
+    # A file is picked up once it has not changed for this long (it may still be copying).
+    inbox_settle_seconds: float = Field(default=60.0, ge=0)
+    # Nightly batches: how often beat writes the results files of the ones that ended.
+    nightly_collect_interval_seconds: float = Field(default=30.0, gt=0)
+
     # Work distribution. One broker message carries at most `chunk_size` item ids of one job.
     chunk_size: int = Field(default=32, ge=1)
     lease_seconds: float = Field(default=120.0, gt=0)

@@ -86,3 +86,17 @@ class NotConfigured(ServiceUnavailable):
     """A setting the operation needs is missing or wrong (e.g. INFERQ_SECRET_KEY)."""
 
     title = "Not configured"
+
+
+class UnsupportedMediaType(InferqError):
+    """The body's Content-Type is not one this route reads."""
+
+    status = 415
+    title = "Unsupported media type"
+
+
+class NotNdjson(InferqError):
+    """A batch body that is not newline-delimited JSON at all (not one line parsed)."""
+
+    status = 400
+    title = "Not NDJSON"

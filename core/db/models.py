@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -84,6 +85,13 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index(
+            "ix_jobs_batch_seq",
+            "batch_id",
+            "batch_seq",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -101,10 +109,59 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A batch's lines run as jobs of up to INFERQ_BATCH_JOB_SIZE items (see core.jobs.batches):
+    # the batch, the job's place in it, and when its items were handed to the queue (NULL: not
+    # yet; the batch dispatcher releases a few jobs per batch at a time, round robin).
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE", name="fk_jobs_batch"), default=None
+    )
+    batch_seq: Mapped[int | None] = mapped_column(Integer, default=None)
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
 
     items: Mapped[list[JobItem]] = relationship(
         back_populates="job", order_by="JobItem.index", cascade="all, delete-orphan"
     )
+
+
+class Batch(Base):
+    """A bulk upload (OpenAI Batch API shape): its lines run as jobs of ``INFERQ_BATCH_JOB_SIZE``
+    items that point back here. The counts are kept in the transactions that finish items, so
+    reading them never scans a million lines."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
+        Index("ix_batches_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_batches_status", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    task: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="validating")
+    priority: Mapped[str] = mapped_column(String(16), default="bulk")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    content_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", default=None)
+    completion_window_seconds: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)
+    completed: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    cancelled: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    in_progress_at: Mapped[datetime | None] = mapped_column(default=None)
+    finalizing_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    failed_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    expired_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelling_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancelled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Round robin: the dispatcher tops up the batch served longest ago first.
+    dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Nightly inbox batches: when the results files were written next to the input.
+    output_written_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobItem(Base):
@@ -113,6 +170,23 @@ class JobItem(Base):
         UniqueConstraint("job_id", "index", name="uq_job_items_job_index"),
         Index("ix_job_items_status_lease", "status", "leased_until"),
         Index("ix_job_items_status_dispatched", "status", "dispatched_at"),
+        # A batch's lines in input order (results stream by keyset on line), and its ids
+        # (duplicates within a batch are refused line by line).
+        Index(
+            "ix_job_items_batch_line",
+            "batch_id",
+            "line",
+            unique=True,
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_job_items_batch_external_id",
+            "batch_id",
+            "external_id",
+            postgresql_where=text("batch_id IS NOT NULL"),
+            sqlite_where=text("batch_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -126,6 +200,13 @@ class JobItem(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Batch lines only: the batch (denormalised from the job for the two indexes above), the
+    # line number in the uploaded file, the caller's id for it, and a machine-readable code for
+    # a line refused at upload or ended by the batch (expired).
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    line: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    external_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    error_code: Mapped[str | None] = mapped_column(String(32), default=None)
 
     job: Mapped[Job] = relationship(back_populates="items")
     result: Mapped[Result | None] = relationship(back_populates="item", uselist=False)
@@ -216,6 +297,7 @@ class WebhookDelivery(Base):
     __table_args__ = (
         Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
         UniqueConstraint("job_id", name="uq_webhook_deliveries_job"),
+        UniqueConstraint("batch_id", name="uq_webhook_deliveries_batch"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -223,6 +305,10 @@ class WebhookDelivery(Base):
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     job_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), default=None
+    )
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE", name="fk_webhook_deliveries_batch"),
+        default=None,
     )
     event_type: Mapped[str] = mapped_column(String(32))
     url: Mapped[str] = mapped_column(Text)

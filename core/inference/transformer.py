@@ -173,7 +173,9 @@ def load_encoder(attn_implementation: str | None = None) -> torch.nn.Module:
     # A progress bar per load is noise in worker logs and over the CLI's own progress bar.
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
-    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    options: dict[str, Any] = (
+        {"attn_implementation": attn_implementation} if attn_implementation else {}
+    )
     # The pooler is kept (the checkpoint has it, so loading reports nothing unexpected) but unused.
     encoder: torch.nn.Module = AutoModel.from_pretrained(str(base_model_dir()), **options)
     return encoder

@@ -18,7 +18,9 @@ from core.webhooks import deliveries
 
 def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> Job:
     job = lock_job(session, job_id)
-    if job is None or job.tenant_id != tenant_id:
+    # A batch's jobs are cancelled with their batch (POST /v1/batches/{id}/cancel), which keeps
+    # its counts; alone they are not found.
+    if job is None or job.tenant_id != tenant_id or job.batch_id is not None:
         raise NotFound(f"job {job_id} not found")
     job.status = job_transition(job.status, JobStatus.CANCELLED)
     job.finished_at = utcnow()

@@ -20,7 +20,7 @@ from core.config import Settings
 from core.db.session import Database, after_commit, retry_transient
 from core.inference.cache import CachedResult, RedisCache, lookup
 from core.inference.engine import Failure, InferenceEngine, Outcome, Output
-from core.jobs import outbox
+from core.jobs import batches, outbox
 from core.jobs.lifecycle import Claim, ClaimedItem, claim_many, record_many, release_items
 from core.telemetry.metrics import BATCH_ITEMS, BATCH_SECONDS, ITEMS_FINISHED
 
@@ -73,6 +73,9 @@ def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
         for task, items in by_task.items():
             outcomes.update(_resolve(worker, task, items))
     report = retry_transient(lambda: _record(worker, claims, outcomes))
+    finished_in = sorted({claim.batch_id for claim in claims if claim.batch_id is not None})
+    if finished_in:  # their batches have room for more jobs now
+        retry_transient(lambda: _top_up(worker, finished_in))
     claimed = sum(len(claim.items) for claim in claims)
     BATCH_ITEMS.observe(claimed)
     log.info(
@@ -85,6 +88,11 @@ def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
         seconds=round(time.perf_counter() - started, 4),
     )
     return report
+
+
+def _top_up(worker: Worker, batch_ids: list[uuid.UUID]) -> None:
+    with worker.database.transaction() as session:
+        batches.dispatch(session, worker.settings, batch_ids)
 
 
 def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:

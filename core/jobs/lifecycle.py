@@ -26,6 +26,7 @@ from core.db.bulk import among, insert_rows
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
 from core.jobs import outbox
+from core.jobs.batch_counts import Tally
 from core.jobs.finished import announce_finished_many
 from core.jobs.state import (
     TERMINAL_ITEM,
@@ -53,6 +54,7 @@ class Claim:
     task: str
     priority: str
     items: list[ClaimedItem]
+    batch_id: uuid.UUID | None = None  # set for a batch's job: its dispatcher tops it up
 
 
 def lock_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -161,6 +163,7 @@ def claim_many(
     now = utcnow()
     claimed: dict[uuid.UUID, list[ClaimedItem]] = {job_id: [] for job_id in jobs}
     gave_up: set[uuid.UUID] = set()
+    tally = Tally()
     rows = _locked_rows(session, {j: requested[j] for j in jobs}, _CLAIM_COLUMNS)
     for item in rows:
         lease_over = item.leased_until is None or item.leased_until <= now
@@ -176,6 +179,7 @@ def claim_many(
             failed = item_transition(item.status, ItemStatus.FAILED)
             _set_items(session, [item.id], status=failed, error=reason)
             gave_up.add(item.job_id)
+            tally.add(jobs[item.job_id], failed)
             continue
         item_transition(item.status, ItemStatus.RUNNING)
         claimed[item.job_id].append(ClaimedItem(item.id, item.position, item.text, item.input_hash))
@@ -191,8 +195,9 @@ def claim_many(
             job.status = job_transition(job.status, JobStatus.RUNNING)
     # Giving up is the only way a claim finishes an item, and so perhaps its job.
     settle_jobs(session, [jobs[job_id] for job_id in sorted(gave_up)])
+    tally.apply(session)
     return {
-        job_id: Claim(job_id, job.task, job.priority, claimed[job_id])
+        job_id: Claim(job_id, job.task, job.priority, claimed[job_id], job.batch_id)
         for job_id, job in jobs.items()
     }
 
@@ -233,6 +238,10 @@ def record_many(
         error=None,
     )
     settle_jobs(session, jobs.values())
+    tally = Tally()
+    for item in live:
+        tally.add(jobs[item.job_id], ItemStatus.SUCCEEDED)
+    tally.apply(session)
     # A result is only ever written in the transaction that makes its item succeed, so each
     # live (locked, unfinished) item had none: every one of them got its result now.
     written: dict[uuid.UUID, int] = defaultdict(int)
@@ -250,6 +259,7 @@ def release_items(
     if job is None:
         return []
     retry: list[int] = []
+    tally = Tally()
     for item in _lock_items(session, job_id, item_ids):
         if item.status != ItemStatus.RUNNING:
             continue
@@ -263,7 +273,10 @@ def release_items(
             item.status = item_transition(item.status, ItemStatus.QUEUED)
             item.dispatched_at = utcnow()
             retry.append(item.id)
+            continue
+        tally.add(job, item.status)
     settle_job(session, job)
+    tally.apply(session)
     return retry
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from core.db.bulk import among
-from core.db.models import Job, JobItem, Result
+from core.db.models import Batch, Job, JobItem, Result
 from core.errors import InvalidInput, NotFound
 from core.jobs.presenters import result_out
 from core.jobs.state import JobStatus
@@ -117,7 +117,8 @@ def list_jobs(
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    query = select(Job).where(Job.tenant_id == tenant_id)
+    # A batch's jobs are its internals: the caller sees the batch (GET /v1/batches).
+    query = select(Job).where(Job.tenant_id == tenant_id, Job.batch_id.is_(None))
     if status is not None:
         query = query.where(Job.status == status)
     if cursor:
@@ -130,7 +131,7 @@ def list_jobs(
     return jobs[:limit], next_cursor
 
 
-def encode_cursor(job: Job) -> str:
+def encode_cursor(job: Job | Batch) -> str:
     raw = f"{job.created_at.isoformat()}|{job.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 

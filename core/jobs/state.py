@@ -86,3 +86,23 @@ def settled_job_status(item_statuses: list[str]) -> JobStatus | None:
     if item_statuses and all(s == ItemStatus.FAILED for s in item_statuses):
         return JobStatus.FAILED
     return JobStatus.SUCCEEDED
+
+
+class BatchStatus(StrEnum):
+    """The OpenAI Batch API's statuses. ``validating`` while the upload is written (that
+    transaction is the only one that sees it), ``finalizing`` for the instant between the last
+    line finishing and the batch's final status, both in one transaction."""
+
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL_BATCH = frozenset(
+    {BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED}
+)

@@ -294,12 +294,12 @@ def _cached_by_task(
     for checked, job_hashes in zip(jobs, hashes, strict=True):
         wanted.setdefault(checked.submission.request.task, set()).update(job_hashes)
     return {
-        task: _cached_outputs(session, settings, task, sorted(digests))
+        task: cached_outputs(session, settings, task, sorted(digests))
         for task, digests in wanted.items()
     }
 
 
-def _cached_outputs(
+def cached_outputs(
     session: Session, settings: Settings, task: str, hashes: list[str]
 ) -> dict[str, Output]:
     """Cached results of the current primary model for these inputs, by input hash."""

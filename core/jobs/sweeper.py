@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.db.models import Job, JobItem, utcnow
-from core.jobs import outbox
+from core.jobs import batches, outbox
+from core.jobs.batch_counts import Tally
 from core.jobs.lifecycle import lock_job, retire, settle_job
 from core.jobs.state import TERMINAL_JOB, ItemStatus, item_transition
 
@@ -27,6 +28,7 @@ SENT_OUTBOX_RETENTION_SECONDS = 24 * 3600
 class SweepReport:
     redispatched: int
     failed: int
+    expired_batches: int = 0
 
 
 def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepReport:
@@ -58,9 +60,12 @@ def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepRe
                 .execution_options(populate_existing=True)
             )
         )
+        tally = Tally()
         if job.status in TERMINAL_JOB:
             for item in items:
                 retire(item)
+            tally.add(job, ItemStatus.CANCELLED, len(items))
+            tally.apply(session)
             continue
         again, gave_up = _redrive(items, settings.max_attempts)
         failed += gave_up
@@ -68,8 +73,11 @@ def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepRe
             redispatched += len(again)
             _dispatch(session, settings, job, again)
         settle_job(session, job)
+        tally.add(job, ItemStatus.FAILED, gave_up)
+        tally.apply(session)
     outbox.purge_sent(session, SENT_OUTBOX_RETENTION_SECONDS)
-    return SweepReport(redispatched=redispatched, failed=failed)
+    expired = batches.expire_due(session)
+    return SweepReport(redispatched=redispatched, failed=failed, expired_batches=expired)
 
 
 def _redrive(items: list[JobItem], max_attempts: int) -> tuple[list[int], int]:

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from core.broker import get_celery, send_delivery
 from core.config import Settings
-from core.db.models import Job, WebhookDelivery, utcnow
+from core.db.models import Batch, Job, WebhookDelivery, utcnow
 from core.db.session import after_commit
 from core.errors import InvalidTransition, NotFound
 from core.jobs.state import TERMINAL_JOB, JobStatus
@@ -68,6 +68,34 @@ def add_job_event(session: Session, job: Job) -> None:
         event_type=JOB_EVENTS[JobStatus(job.status)],
         url=job.webhook_url,
         occurred_at=job.finished_at or now,
+        next_attempt_at=now,
+        dispatched_at=now,
+    )
+    session.add(row)
+    session.flush()
+    _send_after_commit(session, [row.id])
+
+
+BATCH_EVENTS = {
+    "completed": "batch.completed",
+    "failed": "batch.failed",
+    "cancelled": "batch.cancelled",
+    "expired": "batch.expired",
+}
+
+
+def add_batch_event(session: Session, batch: Batch) -> None:
+    """In the transaction that ends ``batch``: its event, if it has a webhook."""
+    if batch.webhook_url is None:
+        return
+    now = utcnow()
+    row = WebhookDelivery(
+        event_id=new_event_id(),
+        tenant_id=batch.tenant_id,
+        batch_id=batch.id,
+        event_type=BATCH_EVENTS[batch.status],
+        url=batch.webhook_url,
+        occurred_at=now,
         next_attempt_at=now,
         dispatched_at=now,
     )
@@ -144,6 +172,7 @@ class Attempt:
     tenant_id: int
     job_id: uuid.UUID | None
     occurred_at: datetime
+    batch_id: uuid.UUID | None = None
 
 
 def claim(session: Session, settings: Settings, delivery_id: int) -> Attempt | None:
@@ -178,6 +207,7 @@ def claim(session: Session, settings: Settings, delivery_id: int) -> Attempt | N
         row.tenant_id,
         row.job_id,
         row.occurred_at,
+        row.batch_id,
     )
 
 

@@ -103,8 +103,18 @@ def build_message(database: Database, settings: Settings, attempt: Attempt) -> M
 
 
 def event_body(database: Database, settings: Settings, attempt: Attempt) -> str:
-    """``{"type", "timestamp", "data"}``, ``data`` being what GET on the job returns."""
-    assert attempt.job_id is not None, "only job events exist so far"
+    """``{"type", "timestamp", "data"}``, ``data`` being what GET on the job (or the batch)
+    returns; a batch event links to its results."""
+    if attempt.batch_id is not None:
+        from core.jobs.batches import batch_out, get_batch
+
+        with database.read() as session:
+            batch = batch_out(get_batch(session, attempt.tenant_id, attempt.batch_id))
+        base = f"{settings.public_url.rstrip('/')}/v1/batches/{attempt.batch_id}"
+        data = batch.model_dump(mode="json") | {"results_url": f"{base}/results"}
+        event = WebhookEvent(type=attempt.event_type, timestamp=attempt.occurred_at, data=data)
+        return json.dumps(event.model_dump(mode="json"), separators=(",", ":"), ensure_ascii=False)
+    assert attempt.job_id is not None
     with database.read() as session:
         job = job_out(get_job(session, attempt.tenant_id, attempt.job_id))
     data = job.model_dump(mode="json", exclude={"webhook"})

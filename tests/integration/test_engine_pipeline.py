@@ -166,8 +166,8 @@ def test_a_text_cached_through_http_is_served_cached_to_a_bulk_file(
 
     (line,) = [json.loads(row) for row in results.read_text(encoding="utf-8").splitlines()]
     assert first["results"][0]["cached"] is False  # type: ignore[index]
-    assert line["id"] == "doc-1" and line["cached"] is True  # the same entry, another door
-    assert (line["label"], line["version"]) == (
+    assert line["id"] == "doc-1" and line["result"]["cached"] is True  # another door
+    assert (line["result"]["label"], line["result"]["version"]) == (
         first["results"][0]["label"],  # type: ignore[index]
         first["results"][0]["version"],  # type: ignore[index]
     )

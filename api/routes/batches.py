@@ -1,0 +1,237 @@
+"""/v1/batches: bulk work in the OpenAI Batch API's shape. The NDJSON body streams into
+PostgreSQL (core.jobs.batches.BatchWriter) a window at a time; results stream back in input
+order."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Literal
+
+import anyio.from_thread
+import anyio.to_thread
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import IntegrityError
+
+from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
+from core.config import Settings
+from core.db.session import Database
+from core.errors import IdempotencyConflict, PayloadTooLarge, UnsupportedMediaType
+from core.jobs import batches
+from core.jobs.batch_input import ndjson_lines
+from core.jobs.state import TERMINAL_BATCH
+from core.telemetry.metrics import JOBS_SUBMITTED
+from schemas.batches import BatchOut, BatchPage
+from schemas.problem import Problem
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
+)
+PROBLEMS: dict[int | str, dict[str, object]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (400, 401, 404, 409, 413, 415, 422, 503)
+}
+NDJSON_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-ndjson": {
+                "schema": {"type": "string", "description": 'One {"id"?, "text"} per line.'}
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=BatchOut,
+    responses=PROBLEMS,
+    openapi_extra=NDJSON_BODY,
+)
+async def create_batch(
+    request: Request,
+    response: Response,
+    database: DatabaseDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    task: Annotated[str, Query(max_length=64, description="Registered task name.")],
+    completion_window: Annotated[
+        str | None, Query(max_length=16, description="e.g. 24h (the default), 30m, 7d")
+    ] = None,
+    webhook_url: Annotated[str | None, Query(max_length=2048)] = None,
+    priority: Literal["interactive", "bulk"] = "bulk",
+    content_type: Annotated[str | None, Header(max_length=256)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> BatchOut:
+    """Upload up to INFERQ_MAX_BATCH_LINES lines of NDJSON, one ``{"id"?, "text"}`` a line
+    (``id`` defaults to the line number). A line that cannot run is counted failed with its
+    reason; the batch goes on."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media not in NDJSON_TYPES:
+        raise UnsupportedMediaType(
+            f"send the lines as application/x-ndjson, not {media or 'no Content-Type'}"
+        )
+    spec = batches.BatchRequest(
+        task, priority, completion_window, webhook_url, None, idempotency_key
+    )
+    chunks = _body_chunks(request.stream(), settings.max_batch_body_bytes)
+    out, replayed = await anyio.to_thread.run_sync(
+        _write_batch, database, settings, tenant_id, spec, chunks
+    )
+    response.headers["Location"] = f"/v1/batches/{out.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        JOBS_SUBMITTED.labels(task, "batch").inc(out.request_counts.total)
+    return out
+
+
+def _body_chunks(stream: AsyncIterator[bytes], most: int) -> Iterator[bytes]:
+    """The request body, pulled from the event loop by the thread that writes the batch."""
+    iterator = stream.__aiter__()
+
+    async def pull() -> bytes | None:
+        try:
+            return await iterator.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    seen = 0
+    while (chunk := anyio.from_thread.run(pull)) is not None:
+        seen += len(chunk)
+        if seen > most:
+            raise PayloadTooLarge(
+                f"the batch body is over {most} bytes (INFERQ_MAX_BATCH_BODY_BYTES)"
+            )
+        if chunk:
+            yield chunk
+
+
+def _write_batch(
+    database: Database,
+    settings: Settings,
+    tenant_id: int,
+    spec: batches.BatchRequest,
+    chunks: Iterator[bytes],
+) -> tuple[BatchOut, bool]:
+    """One transaction: the batch is there whole, in progress, or not at all."""
+    lines = ndjson_lines(chunks, settings)
+    try:
+        with database.transaction() as session:
+            earlier = None
+            if spec.idempotency_key is not None:
+                earlier = batches.find_by_key(session, tenant_id, spec.idempotency_key)
+            if earlier is not None:
+                if batches.content_hash(lines) != earlier.content_hash:
+                    raise _conflict()
+                return batches.batch_out(earlier, settings.public_url), True
+            batch = batches.open_batch(session, settings, tenant_id, spec)
+            writer = batches.BatchWriter(session, settings, batch)
+            writer.add_all(lines)
+            writer.finish()
+            out = batches.batch_out(batch, settings.public_url)
+    except IntegrityError:  # a concurrent upload with the same key committed first
+        if spec.idempotency_key is None:
+            raise
+        with database.read() as session:
+            earlier = batches.find_by_key(session, tenant_id, spec.idempotency_key)
+            if earlier is None:
+                raise
+            return batches.batch_out(earlier, settings.public_url), True
+    return out, False
+
+
+def _conflict() -> IdempotencyConflict:
+    return IdempotencyConflict(
+        "this Idempotency-Key was already used with a different batch body; "
+        "use a new key for a different batch"
+    )
+
+
+@router.get("", response_model=BatchPage, responses=PROBLEMS)
+def list_my_batches(
+    database: DatabaseDep,
+    settings: SettingsDep,
+    tenant_id: TenantDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> BatchPage:
+    """The caller's batches, newest first."""
+    with database.read() as session:
+        found, next_cursor = batches.list_batches(session, tenant_id, limit=limit, cursor=cursor)
+        return BatchPage(
+            data=[batches.batch_out(b, settings.public_url) for b in found],
+            next_cursor=next_cursor,
+        )
+
+
+@router.get("/{batch_id}", response_model=BatchOut, responses=PROBLEMS)
+def read_batch(
+    batch_id: uuid.UUID, database: DatabaseDep, settings: SettingsDep, tenant_id: TenantDep
+) -> BatchOut:
+    with database.read() as session:
+        return batches.batch_out(
+            batches.get_batch(session, tenant_id, batch_id), settings.public_url
+        )
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut, responses=PROBLEMS)
+def cancel_batch(
+    batch_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+) -> BatchOut:
+    """Lines that have not run are cancelled; lines running now finish and keep their result
+    (``cancelling`` until they have, then ``cancelled``)."""
+    return batches.batch_out(
+        batches.cancel_batch(session, tenant_id, batch_id), settings.public_url
+    )
+
+
+@router.get(
+    "/{batch_id}/results",
+    responses={
+        **PROBLEMS,
+        200: {
+            "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            "description": 'One line per finished input in input order: {"id", "result"} or '
+            '{"id", "line", "error": {"code", "message"}}. Inferq-Results-Complete says '
+            "whether every line had finished when the stream began.",
+        },
+    },
+    response_class=StreamingResponse,
+)
+def batch_results(
+    batch_id: uuid.UUID,
+    database: DatabaseDep,
+    tenant_id: TenantDep,
+    only: Annotated[Literal["all", "errors"], Query(description="errors: the error file")] = "all",
+) -> StreamingResponse:
+    with database.read() as session:
+        batch = batches.get_batch(session, tenant_id, batch_id)
+        complete = batch.status in TERMINAL_BATCH
+        batch_status = batch.status
+    lines = batches.iter_results(database, batch_id, only_errors=only == "errors")
+    return StreamingResponse(
+        _ndjson(lines),
+        media_type="application/x-ndjson",
+        headers={
+            "Inferq-Batch-Status": batch_status,
+            "Inferq-Results-Complete": "true" if complete else "false",
+        },
+    )
+
+
+def _ndjson(lines: Iterator[dict[str, object]]) -> Iterator[bytes]:
+    buffer: list[str] = []
+    for line in lines:
+        buffer.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")))
+        if len(buffer) >= 500:
+            yield ("\n".join(buffer) + "\n").encode()
+            buffer.clear()
+    if buffer:
+        yield ("\n".join(buffer) + "\n").encode()

@@ -1,0 +1,240 @@
+"""``inferq process``: a file through the batch path, results written as they finish, in input
+order, resumable.
+
+The input is hashed first: the same input and task are the same batch (its idempotency key), so
+a run killed at any point and started again finds its batch instead of submitting again. The
+output file is read back to its last complete line and continued from there; what is already
+there is neither run nor written again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from sqlalchemy import select, update
+
+from core.config import Settings
+from core.db.models import Batch, Job, JobItem
+from core.db.session import Database
+from core.jobs import batches
+from core.jobs.batch_input import file_lines, input_format, open_binary, read_chunks
+from core.jobs.state import TERMINAL_BATCH, BatchStatus, ItemStatus, JobStatus
+
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Tally:
+    read: int = 0
+    written: int = 0
+    skipped: int = 0  # already in the output from an earlier run
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+def input_key(path: str, task: str) -> str | None:
+    """The batch key of a file: its bytes and the task. stdin cannot be read twice: no key."""
+    if path == "-":
+        return None
+    digest = hashlib.sha256(f"{task}\x00".encode())
+    with open_binary(path) as handle:
+        for chunk in read_chunks(handle):
+            digest.update(chunk)
+    return f"process:{task}:{digest.hexdigest()}"
+
+
+def submit(
+    database: Database, settings: Settings, tenant_id: int, path: str, task: str, console: Console
+) -> tuple[uuid.UUID, bool]:
+    """The batch for this input: the earlier one (resumed) or a new one. Returns (id, resumed)."""
+    key = input_key(path, task)
+    if key is not None:
+        with database.read() as session:
+            earlier = batches.find_by_key(session, tenant_id, key)
+            if earlier is not None:
+                return earlier.id, True
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]reading {task.fields[name]}"),
+        TextColumn("{task.completed:,} lines"),
+        TimeElapsedColumn(),
+    )
+    with (
+        Progress(*columns, console=console, transient=True) as progress,
+        database.transaction() as session,
+    ):
+        bar = progress.add_task("read", name=path, total=None)
+        request = batches.BatchRequest(
+            task, metadata={"source": "process", "file": Path(path).name}, idempotency_key=key
+        )
+        batch = batches.open_batch(session, settings, tenant_id, request)
+        writer = batches.BatchWriter(session, settings, batch)
+        for number, line in enumerate(file_lines(path, settings, input_format(path)), start=1):
+            writer.add(line)
+            if number % 4096 == 0:
+                progress.update(bar, completed=number)
+        writer.finish()
+        return batch.id, False
+
+
+def reclaim(database: Database, settings: Settings, batch_id: uuid.UUID) -> int:
+    """Embedded mode only, where this process is the only worker: the lines a killed earlier
+    run held (leased, or sent to its in-memory broker) go back to be dispatched at once instead
+    of after their lease or the sweeper's redispatch delay."""
+    with database.transaction() as session:
+        held = session.execute(
+            update(JobItem)
+            .where(
+                JobItem.batch_id == batch_id,
+                JobItem.status.in_([ItemStatus.QUEUED, ItemStatus.RUNNING]),
+            )
+            .values(status=ItemStatus.QUEUED, leased_until=None, dispatched_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            update(Job)
+            .where(Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+            .values(status=JobStatus.QUEUED, dispatched_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        batches.dispatch(session, settings, [batch_id])
+    return int(held.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def resume_point(database: Database, batch_id: uuid.UUID, output: Path | None) -> tuple[int, int]:
+    """(lines already in the output, the input line they end at). The output is cut back to
+    its last complete line: a run killed mid-write leaves at most one partial line."""
+    if output is None or not output.exists():
+        return 0, 0
+    complete = 0
+    keep = 0
+    with output.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            complete += 1
+            keep += len(raw)
+    with output.open("r+b") as handle:
+        handle.truncate(keep)
+    if complete == 0:
+        return 0, 0
+    with database.read() as session:
+        line = session.scalar(
+            select(JobItem.line)
+            .where(JobItem.batch_id == batch_id)
+            .order_by(JobItem.line)
+            .offset(complete - 1)
+            .limit(1)
+        )
+    return complete, int(line or 0)
+
+
+def write_in_order(
+    database: Database,
+    batch_id: uuid.UUID,
+    out: IO[str],
+    after_line: int,
+    tally: Tally,
+    console: Console,
+) -> Batch:
+    """Write each line's result as soon as it and every line before it have finished."""
+    columns = (
+        TextColumn("[bold]processing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} lines/s"),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+    )
+    started = time.perf_counter()
+    batch = _snapshot(database, batch_id)
+    first_done = _done(batch)
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("lines", total=batch.total, completed=first_done, rate="0")
+        while True:
+            with database.read() as session:
+                page = batches.result_page(session, batch_id, after_line, until_unfinished=True)
+            batch = _snapshot(database, batch_id)
+            for _, line in page.lines:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                tally.outcomes[_outcome(line)] += 1
+            if page.lines:
+                out.flush()
+                tally.written += len(page.lines)
+            after_line = page.last_line
+            rate = (_done(batch) - first_done) / max(time.perf_counter() - started, 1e-9)
+            progress.update(bar, completed=_done(batch), rate=f"{rate:,.0f}")
+            if not page.lines and not page.waiting:
+                return batch  # every line is written
+            if page.waiting and len(page.lines) < batches.RESULT_PAGE_LINES:
+                time.sleep(POLL_SECONDS)
+
+
+def _snapshot(database: Database, batch_id: uuid.UUID) -> Batch:
+    """The batch row as it is now, detached (readable after its session is gone)."""
+    with database.read() as session:
+        batch = session.get(Batch, batch_id, populate_existing=True)
+        assert batch is not None
+        session.expunge(batch)
+    return batch
+
+
+def _done(batch: Batch) -> int:
+    return batch.completed + batch.failed + batch.cancelled
+
+
+def _outcome(line: dict[str, object]) -> str:
+    result = line.get("result")
+    if isinstance(result, dict):
+        return f"result: {result.get('tier')}"
+    error = line.get("error")
+    return f"error: {error.get('code') if isinstance(error, dict) else error}"
+
+
+def run(
+    database: Database,
+    settings: Settings,
+    tenant_id: int,
+    input_path: str,
+    task: str,
+    output: Path | None,
+    console: Console,
+    start_worker: object = None,
+) -> tuple[Batch, Tally, bool]:
+    """Submit (or find) the batch, then write its results in order; ``start_worker`` (a context
+    manager factory) runs the embedded worker once the upload is written."""
+    batch_id, resumed = submit(database, settings, tenant_id, input_path, task, console)
+    skipped, after_line = resume_point(database, batch_id, output) if resumed else (0, 0)
+    tally = Tally(skipped=skipped)
+    with ExitStack() as stack:
+        if start_worker is not None:
+            if resumed:
+                reclaim(database, settings, batch_id)
+            stack.enter_context(start_worker())  # type: ignore[operator]
+        if output is None:
+            out: IO[str] = sys.stdout
+        else:
+            out = stack.enter_context(output.open("a" if resumed else "w", encoding="utf-8"))
+        batch = write_in_order(database, batch_id, out, after_line, tally, console)
+    if batch.status not in TERMINAL_BATCH and batch.status != BatchStatus.IN_PROGRESS:
+        console.print(f"[yellow]batch {batch.id} is {batch.status}[/yellow]")
+    return batch, tally, resumed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli import remote
 from core.config import Settings, get_settings
 from core.db.models import Batch
 from core.db.session import Database
@@ -33,6 +35,9 @@ models_app = typer.Typer(help="Models: list, train, evaluate.", no_args_is_help=
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+nightly_app = typer.Typer(help="The nightly inbox (INFERQ_INBOX_DIR).", no_args_is_help=True)
+app.add_typer(nightly_app, name="nightly")
+app.add_typer(remote.app, name="batches")
 
 console = Console(stderr=True)
 
@@ -312,6 +317,69 @@ def _summary(
     if output:
         table.add_row("written to", str(output))
     console.print(table)
+
+
+@nightly_app.command("run-now")
+def nightly_run_now(
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Wait for the batches to end and write their results (always in embedded "
+            "mode, where this process is the worker)."
+        ),
+    ] = False,
+    settle_seconds: Annotated[
+        float | None,
+        typer.Option(help="Take files unchanged this long (default INFERQ_INBOX_SETTLE_SECONDS)."),
+    ] = None,
+) -> None:
+    """Scan the inbox now, as beat does on INFERQ_NIGHTLY_CRON: each new file becomes a batch
+    (once: a file dropped twice runs once) and moves to processed/."""
+    from core.jobs import nightly
+
+    settings = _setup(quiet_logs=True)
+    if not nightly.inboxes(settings):
+        console.print("[red]no inbox: set INFERQ_INBOX_DIR[/red]")
+        raise typer.Exit(1)
+    if settings.embedded:
+        upgrade_database(settings)
+    database = Database(settings.resolved_database_url)
+    picked = nightly.scan(database, settings, settle_seconds=settle_seconds)
+    table = Table("file", "batch", "outcome")
+    for found in picked:
+        outcome = found.error or ("new batch" if found.new else "already run (same content)")
+        table.add_row(found.file, str(found.batch_id or "-"), outcome)
+    Console().print(table)
+    if not (wait or settings.embedded):
+        console.print("results are written to the outbox by beat when each batch ends")
+        return
+    waiting = [found.batch_id for found in picked if found.batch_id is not None]
+    with ExitStack() as stack:
+        if settings.embedded:
+            from workers.embedded import running_worker
+
+            stack.enter_context(running_worker(settings.data_dir))
+        _wait_for_batches(database, waiting)
+    for path in nightly.collect(database, settings):
+        console.print(f"written: {path}")
+
+
+def _wait_for_batches(database: Database, batch_ids: list[uuid.UUID]) -> None:
+    from sqlalchemy import func, select
+
+    from core.db.models import Batch
+    from core.jobs.state import TERMINAL_BATCH
+
+    while batch_ids:
+        with database.read() as session:
+            running = session.scalar(
+                select(func.count())
+                .select_from(Batch)
+                .where(Batch.id.in_(batch_ids), Batch.status.not_in(list(TERMINAL_BATCH)))
+            )
+        if not running:
+            return
+        time.sleep(0.5)
 
 
 @models_app.command("list")

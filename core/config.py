@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     batch_sort_window: int = Field(default=8192, ge=1)
     batch_completion_window: str = "24h"
     batch_max_completion_window: str = "7d"
+    # `inferq batches ...` talks to this API with this key (users whose files are elsewhere).
+    api_url: str = "http://127.0.0.1:8000"
+    api_key: str | None = Field(default=None, repr=False)
     # Nightly inbox: "/srv/inbox" (task sentiment) or "sentiment=/srv/in-a;embed=/srv/in-b".
     inbox_dir: str = ""
     outbox_dir: Path | None = None  # default: an "outbox" folder beside each inbox

@@ -88,3 +88,13 @@ class NeedsSmallBatches(_Fake):
         if len(texts) > 2:
             raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super().predict(texts)
+
+
+class Paced(_Fake):
+    """Takes INFERQ_TEST_SECONDS_PER_TEXT per input, like a model with a steady cost per input."""
+
+    name = "paced"
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        time.sleep(float(os.environ.get("INFERQ_TEST_SECONDS_PER_TEXT", "0.002")) * len(texts))
+        return super().predict(texts)

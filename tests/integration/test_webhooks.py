@@ -166,3 +166,26 @@ def test_redeliver_of_an_unknown_or_unfinished_job_says_why(
         no_hook = client.post(f"/v1/jobs/{plain['id']}/webhook/redeliver")
     assert missing.status_code == 404
     assert no_hook.status_code == 409 and "no webhook_url" in no_hook.json()["detail"]
+
+
+def test_a_batch_that_ends_posts_one_signed_batch_event(
+    deployment: Deployment, receiver: Receiver
+) -> None:
+    body = "".join(f'{{"id": "w{i}", "text": "{TEXTS[i % 2]}"}}\n' for i in range(40))
+    with deployment.client() as client:
+        created = client.post(
+            "/v1/batches",
+            params={"task": "sentiment", "webhook_url": receiver.url},
+            content=body.encode(),
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert created.status_code == 202, created.text
+        batch_id = created.json()["id"]
+        wait_for(lambda: len(receiver.requests()) >= 1, 90, "the batch event")
+        secret = client.get("/v1/webhooks/secret").json()["secret"]
+    (got,) = receiver.requests()
+    event = Webhook(secret).verify(got.body, got.headers)
+    assert event["type"] == "batch.completed"
+    assert event["data"]["id"] == batch_id and event["data"]["object"] == "batch"
+    assert event["data"]["request_counts"]["completed"] == 40
+    assert event["data"]["results_url"].endswith(f"/v1/batches/{batch_id}/results")

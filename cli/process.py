@@ -226,7 +226,9 @@ def run(
     skipped, after_line = resume_point(database, batch_id, output) if resumed else (0, 0)
     tally = Tally(skipped=skipped)
     with ExitStack() as stack:
-        if start_worker is not None:
+        # The embedded worker (and its model) starts only if something is left to run: a file
+        # answered from the cache at upload needs neither.
+        if start_worker is not None and _snapshot(database, batch_id).status not in TERMINAL_BATCH:
             if resumed:
                 reclaim(database, settings, batch_id)
             stack.enter_context(start_worker())  # type: ignore[operator]

@@ -302,7 +302,7 @@ def process(
 
 
 def _summary(
-    batch: Batch, tally: processing.Tally, resumed: bool, elapsed: float, output: Path | None
+    batch: Batch, tally: processing.Written, resumed: bool, elapsed: float, output: Path | None
 ) -> None:
     table = Table(title="inferq process", show_header=False)
     table.add_row("batch", f"{batch.id} ({batch.status}{', resumed' if resumed else ''})")

@@ -43,7 +43,7 @@ POLL_SECONDS = 0.2
 
 
 @dataclass
-class Tally:
+class Written:
     read: int = 0
     written: int = 0
     skipped: int = 0  # already in the output from an earlier run
@@ -152,7 +152,7 @@ def write_in_order(
     batch_id: uuid.UUID,
     out: IO[str],
     after_line: int,
-    tally: Tally,
+    tally: Written,
     console: Console,
 ) -> Batch:
     """Write each line's result as soon as it and every line before it have finished."""
@@ -219,12 +219,12 @@ def run(
     output: Path | None,
     console: Console,
     start_worker: object = None,
-) -> tuple[Batch, Tally, bool]:
+) -> tuple[Batch, Written, bool]:
     """Submit (or find) the batch, then write its results in order; ``start_worker`` (a context
     manager factory) runs the embedded worker once the upload is written."""
     batch_id, resumed = submit(database, settings, tenant_id, input_path, task, console)
     skipped, after_line = resume_point(database, batch_id, output) if resumed else (0, 0)
-    tally = Tally(skipped=skipped)
+    tally = Written(skipped=skipped)
     with ExitStack() as stack:
         # The embedded worker (and its model) starts only if something is left to run: a file
         # answered from the cache at upload needs neither.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -96,8 +95,3 @@ def end_if_done(session: Session, batch_id: uuid.UUID) -> Batch | None:
         batch.completed_at = now
     deliveries.add_batch_event(session, batch)
     return batch
-
-
-def tally_items(tally: Tally, jobs: Iterable[tuple[Job, str]]) -> None:
-    for job, status in jobs:
-        tally.add(job, status)

@@ -14,10 +14,11 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.selectable import TableValuedAlias
 
-from core.db.bulk import among
 from core.db.models import Result
 from core.inference.types import Prediction
 from core.telemetry.metrics import CACHE_LOOKUPS
@@ -71,21 +72,50 @@ class RedisCache:
 def lookup_stored(
     session: Session, task: str, version: str, hashes: Sequence[str]
 ) -> dict[str, CachedResult]:
-    """L3: any stored result of this exact task, version and input."""
-    found: dict[str, CachedResult] = {}
+    """L3: one stored result of this exact task, version and input, per input.
+
+    Every item keeps its own result row, so a popular text has as many rows as times it was
+    sent (a nightly file of repeated texts adds a million). The lookup therefore reads one row
+    per asked hash, found through the cache-key index by a correlated ``LIMIT 1``, instead of
+    every row that matches: its cost stays per hash, however often each was stored."""
+    wanted = sorted(set(hashes))
+    if not wanted:
+        return {}
+    stored = aliased(Result)
+    source = _hash_rows(session, wanted)
+    first = (
+        select(stored.id)
+        .where(
+            stored.task == task,
+            stored.version == version,
+            stored.input_hash == source.c.value,
+            stored.degraded.is_(False),
+        )
+        .limit(1)
+        .scalar_subquery()
+    )
     query = select(
         Result.input_hash, Result.model, Result.label, Result.score, Result.output
-    ).where(
-        Result.task == task,
-        Result.version == version,
-        among(session, Result.input_hash, sorted(set(hashes))),
-        Result.degraded.is_(False),
-    )
+    ).where(Result.id.in_(select(first).select_from(source)))
+    found: dict[str, CachedResult] = {}
     for input_hash, model, label, score, output in session.execute(query):
         extra = output or {}
         prediction = Prediction(label, score, extra.get("scores"), extra.get("embedding"))
         found.setdefault(input_hash, CachedResult(model, version, prediction))
     return found
+
+
+def _hash_rows(session: Session, hashes: list[str]) -> TableValuedAlias:
+    """The hashes as a one-column table (``value``), sent as one parameter: an array unnested
+    on PostgreSQL, a JSON array read by ``json_each`` on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        array = cast(bindparam("cache_hashes", hashes, ARRAY(Text)), ARRAY(Text))
+        return func.unnest(array).table_valued("value").render_derived(name="asked")
+    return (
+        func.json_each(bindparam("cache_hashes", json.dumps(hashes)))
+        .table_valued("value")
+        .alias("asked")
+    )
 
 
 def lookup(

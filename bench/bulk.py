@@ -7,8 +7,8 @@ share between a big and a small batch. Distributed mode (PostgreSQL, Redis, `inf
    the first byte sent to the batch ``completed``; then the stack is stopped and the strict bare
    loop runs in this process: the same primary adapter the worker serves, over all texts sorted
    by length, in passes of 64 (the least padding any loop can have). efficiency = bare seconds /
-   batch seconds. Measured twice, with the batch's length sorting on (INFERQ_BATCH_SORT_WINDOW,
-   8192) and off (1): their ratio is what sorting a batch's windows by length gains.
+   batch seconds. Measured twice, with the batch's length sorting on and off
+   (INFERQ_BATCH_SORT_BY_LENGTH): their ratio is what sorting a batch's windows by length gains.
 2. **Memory.** Peak RSS (VmHWM) of the API process over a ``--big`` (1,000,000) line upload, and
    of ``inferq process`` on a file of as many lines (embedded mode: SQLite and the in-process
    worker, the README's first command). Both inputs repeat 100 texts that are cached first, so a
@@ -114,8 +114,8 @@ def wait_over(http: httpx.Client, batch_id: str, timeout: float = 3600) -> dict[
 # ------------------------------------------------------------------------------ 1. throughput
 
 
-def batch_seconds(texts: list[str], sort_window: int) -> tuple[float, dict[str, Any]]:
-    with env(INFERQ_BATCH_SORT_WINDOW=str(sort_window)), running_stack() as stack:
+def batch_seconds(texts: list[str], sort: bool) -> tuple[float, dict[str, Any]]:
+    with env(INFERQ_BATCH_SORT_BY_LENGTH=str(sort).lower()), running_stack() as stack:
         with client(stack) as http:
             started = time.perf_counter()
             batch = submit(http, iter(texts))
@@ -123,7 +123,7 @@ def batch_seconds(texts: list[str], sort_window: int) -> tuple[float, dict[str, 
             seconds = time.perf_counter() - started
         if done["request_counts"]["completed"] != len(texts):
             raise BenchError(f"not every line succeeded: {done['request_counts']}")
-        log(f"batch of {len(texts)} (sort window {sort_window}): {seconds:.1f}s")
+        log(f"batch of {len(texts)} ({'sorted' if sort else 'input order'}): {seconds:.1f}s")
         return seconds, done
 
 
@@ -145,8 +145,8 @@ def bare_sorted_seconds(texts: list[str], passes_of: int = 64) -> tuple[float, s
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     texts = load_texts(args.n)
-    sorted_run, _ = batch_seconds(texts, 8192)
-    unsorted_run, _ = batch_seconds(texts, 1)
+    sorted_run, _ = batch_seconds(texts, sort=True)
+    unsorted_run, _ = batch_seconds(texts, sort=False)
     bare, adapter = bare_sorted_seconds(texts)
     return {
         "n": args.n,

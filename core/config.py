@@ -94,9 +94,11 @@ class Settings(BaseSettings):
     # progress side by side instead of one after the other (fair share).
     batch_job_size: int = Field(default=256, ge=1)
     batch_jobs_in_flight: int = Field(default=8, ge=1)
-    # Lines are sorted by length over windows this large before they are cut into jobs, so the
-    # inputs of a micro-batch have about the same length (less padding); 1 turns sorting off.
+    # Lines are written this many at a time, and sorted by length within each window before
+    # they are cut into jobs, so the inputs of a micro-batch have about the same length (less
+    # padding). batch_sort_by_length=false keeps input order (jobs are still cut per window).
     batch_sort_window: int = Field(default=8192, ge=1)
+    batch_sort_by_length: bool = True
     batch_completion_window: str = "24h"
     batch_max_completion_window: str = "7d"
     # `inferq batches ...` talks to this API with this key (users whose files are elsewhere).

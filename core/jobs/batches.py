@@ -223,7 +223,8 @@ class BatchWriter:
         bad = [line for line in lines if not line.ok]
         hashes = {line.number: input_hash(task, line.text or "") for line in good}
         cached = cached_outputs(self.session, self.settings, task, sorted(set(hashes.values())))
-        good.sort(key=lambda line: len(line.text or ""))  # stable: ties keep input order
+        if self.settings.batch_sort_by_length:
+            good.sort(key=lambda line: len(line.text or ""))  # stable: ties keep input order
         size = self.settings.batch_job_size
         groups = [good[i : i + size] for i in range(0, len(good), size)] + ([bad] if bad else [])
         now = utcnow()

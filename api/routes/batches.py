@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import anyio.from_thread
 import anyio.to_thread
@@ -18,7 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
 from core.config import Settings
 from core.db.session import Database
-from core.errors import IdempotencyConflict, PayloadTooLarge, UnsupportedMediaType
+from core.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from core.jobs import batches
 from core.jobs.batch_input import ndjson_lines
 from core.jobs.state import TERMINAL_BATCH
@@ -66,6 +71,10 @@ async def create_batch(
     ] = None,
     webhook_url: Annotated[str | None, Query(max_length=2048)] = None,
     priority: Literal["interactive", "bulk"] = "bulk",
+    metadata: Annotated[
+        str | None,
+        Query(max_length=4096, description='A JSON object echoed back, e.g. {"source": "crm"}'),
+    ] = None,
     content_type: Annotated[str | None, Header(max_length=256)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> BatchOut:
@@ -78,7 +87,7 @@ async def create_batch(
             f"send the lines as application/x-ndjson, not {media or 'no Content-Type'}"
         )
     spec = batches.BatchRequest(
-        task, priority, completion_window, webhook_url, None, idempotency_key
+        task, priority, completion_window, webhook_url, _json_object(metadata), idempotency_key
     )
     chunks = _body_chunks(request.stream(), settings.max_batch_body_bytes)
     out, replayed = await anyio.to_thread.run_sync(
@@ -90,6 +99,18 @@ async def create_batch(
     else:
         JOBS_SUBMITTED.labels(task, "batch").inc(out.request_counts.total)
     return out
+
+
+def _json_object(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"metadata is not JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    return value
 
 
 def _body_chunks(stream: AsyncIterator[bytes], most: int) -> Iterator[bytes]:

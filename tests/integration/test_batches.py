@@ -243,6 +243,7 @@ def test_bodies_that_are_not_batches_get_a_problem_and_write_nothing(bulk: Deplo
         too_many = upload(client, [{"text": "x"}] * 30_001)
         unknown = upload(client, [{"text": "x"}], task="no-such-task")
         bad_window = upload(client, [{"text": "x"}], completion_window="forever")
+        bad_metadata = upload(client, [{"text": "x"}], metadata="[1, 2]")
         no_task = client.post("/v1/batches", content=b'{"text": "x"}\n', headers=NDJSON)
         after = client.get("/v1/batches", params={"limit": 100}).json()["data"]
 
@@ -254,6 +255,7 @@ def test_bodies_that_are_not_batches_get_a_problem_and_write_nothing(bulk: Deplo
         (too_many, 413),
         (unknown, 422),
         (bad_window, 422),
+        (bad_metadata, 422),
         (no_task, 422),
     ):
         assert response.status_code == code, (code, response.text)
@@ -267,8 +269,9 @@ def test_an_idempotency_key_answers_a_retry_with_the_same_batch(bulk: Deployment
     lines = [{"id": str(i), "text": f"retry {i}"} for i in range(50)]
     body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
     with bulk.client() as client:
-        first = client.post("/v1/batches?task=fast", content=body, headers={**NDJSON, **key})
-        again = client.post("/v1/batches?task=fast", content=body, headers={**NDJSON, **key})
+        params = {"task": "fast", "metadata": '{"run": "nightly"}'}
+        first = client.post("/v1/batches", params=params, content=body, headers={**NDJSON, **key})
+        again = client.post("/v1/batches", params=params, content=body, headers={**NDJSON, **key})
         other = client.post(
             "/v1/batches?task=fast",
             content=body + b'{"text": "one more"}\n',
@@ -276,6 +279,7 @@ def test_an_idempotency_key_answers_a_retry_with_the_same_batch(bulk: Deployment
         )
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
+    assert first.json()["metadata"] == {"run": "nightly"}
     assert again.headers["idempotent-replayed"] == "true"
     assert other.status_code == 422
 

@@ -9,7 +9,6 @@ there is neither run nor written again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -36,7 +35,7 @@ from core.config import Settings
 from core.db.models import Batch, Job, JobItem
 from core.db.session import Database
 from core.jobs import batches
-from core.jobs.batch_input import file_lines, input_format, open_binary, read_chunks
+from core.jobs.batch_input import file_lines, input_digest, input_format
 from core.jobs.state import TERMINAL_BATCH, BatchStatus, ItemStatus, JobStatus
 
 POLL_SECONDS = 0.2
@@ -54,11 +53,7 @@ def input_key(path: str, task: str) -> str | None:
     """The batch key of a file: its bytes and the task. stdin cannot be read twice: no key."""
     if path == "-":
         return None
-    digest = hashlib.sha256(f"{task}\x00".encode())
-    with open_binary(path) as handle:
-        for chunk in read_chunks(handle):
-            digest.update(chunk)
-    return f"process:{task}:{digest.hexdigest()}"
+    return f"process:{task}:{input_digest(path, task)}"
 
 
 def submit(

@@ -4,7 +4,6 @@ whole), results stream down."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from core.config import Settings, get_settings
-from core.jobs.batch_input import file_lines, input_format, open_binary, read_chunks
+from core.jobs.batch_input import file_lines, input_digest, input_format, open_binary, read_chunks
 
 app = typer.Typer(
     help="Batches on a remote API (INFERQ_API_URL, INFERQ_API_KEY).", no_args_is_help=True
@@ -69,11 +68,7 @@ def ndjson_body(path: str, settings: Settings) -> Iterator[bytes]:
 def file_key(path: str, task: str) -> str | None:
     if path == "-":
         return None
-    digest = hashlib.sha256(f"{task}\x00".encode())
-    with open_binary(path) as handle:
-        for chunk in read_chunks(handle):
-            digest.update(chunk)
-    return f"file:{task}:{digest.hexdigest()}"
+    return f"file:{task}:{input_digest(path, task)}"
 
 
 @app.command("submit")

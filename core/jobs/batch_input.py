@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import sys
@@ -184,6 +185,16 @@ def open_binary(path: Path | str) -> Iterator[IO[bytes]]:
                 yield unzipped  # type: ignore[misc]
         else:
             yield raw
+
+
+def input_digest(path: Path | str, task: str) -> str:
+    """SHA-256 of a task name and an input's bytes (after gunzip): the key that makes the same
+    file the same batch again (``inferq process``, ``inferq batches submit``)."""
+    digest = hashlib.sha256(f"{task}\x00".encode())
+    with open_binary(path) as handle:
+        for chunk in read_chunks(handle):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_chunks(handle: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:

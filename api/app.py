@@ -9,19 +9,41 @@ from typing import Any
 import structlog
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, grouped
-from api.middleware import BodySizeLimit
+from api.middleware import BodySizeLimit, ResponseHeaders
 from api.routes import batches, health, jobs, models, webhooks
 from core.broker import get_celery
 from core.config import Settings, get_settings
 from core.db.session import Database
 from core.inference.circuit import CircuitPolicy, Circuits
 from core.jobs.finished import FinishedJobs
-from core.security import KeyCache
+from core.security.authn import Authenticator
+from core.security.ratelimit import RateLimiter
+from core.security.tokens import TokenVerifier
 from core.telemetry.logging import configure_logging
 
 log = structlog.get_logger(__name__)
+
+CORS_REQUEST_HEADERS = [
+    "Authorization",
+    "X-API-Key",
+    "Content-Type",
+    "Idempotency-Key",
+    "Prefer",
+    "X-Request-ID",
+]
+CORS_EXPOSED_HEADERS = [
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+    "Location",
+    "X-Request-ID",
+    "Idempotent-Replayed",
+    "Inferq-Results-Complete",
+    "Inferq-Batch-Status",
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,7 +56,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.database = Database(settings.resolved_database_url)
         app.state.submits = grouped.submits(app.state.database, settings)
         app.state.reads = grouped.reads(app.state.database)
-        app.state.api_keys = KeyCache(settings.api_key_cache_seconds)
+        app.state.authenticator = Authenticator(
+            app.state.database,
+            settings.api_key_cache_seconds,
+            TokenVerifier.from_settings(settings),
+        )
+        app.state.rate_limiter = RateLimiter(
+            settings.rate_limits, settings.resolved_rate_limit_storage_url
+        )
         app.state.celery = get_celery()
         app.state.circuits = Circuits(
             CircuitPolicy.from_settings(settings), settings.resolved_cache_url
@@ -44,7 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.finished_jobs = FinishedJobs(settings.resolved_database_url)
             app.state.finished_jobs.start()
         log.info(
-            "api_started", embedded=settings.embedded, keys_required=settings.api_keys_required
+            "api_started",
+            embedded=settings.embedded,
+            keys_required=settings.api_keys_required,
+            jwt=app.state.authenticator.tokens is not None,
+            rate_limits=settings.rate_limits or "none",
         )
         yield
         if app.state.finished_jobs is not None:
@@ -70,6 +103,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_body_bytes,
         limits={"/v1/batches": settings.max_batch_body_bytes},
     )
+    app.add_middleware(ResponseHeaders)
+    if settings.cors_origin_list:
+        # Outermost, so preflights are answered before anything else looks at them. Without
+        # INFERQ_CORS_ORIGINS there is no CORS middleware at all: browsers get no
+        # Access-Control-Allow-Origin, so other origins' scripts cannot read responses.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     return app
 
 

@@ -62,7 +62,7 @@ def _describe(error: dict[str, Any]) -> dict[str, Any]:
 
 async def _inferq_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InferqError)
-    return problem(exc.status, exc.title, exc.detail, request, **exc.extra)
+    return problem(exc.status, exc.title, exc.detail, request, headers=exc.headers, **exc.extra)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -81,7 +81,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         413: "Payload too large",
         415: "Unsupported media type",
     }.get(exc.status_code, "Error")
-    return problem(exc.status_code, title, str(exc.detail), request)
+    headers = dict(exc.headers) if exc.headers else None  # e.g. Allow on a 405
+    return problem(exc.status_code, title, str(exc.detail), request, headers=headers)
 
 
 def database_unreachable(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""ASGI middleware: a cap on request body size.
+"""ASGI middleware: a cap on request body size, and the headers every response carries.
 
 Hand-written because Starlette's RequestBodyLimitMiddleware (behind FastAPI's max_body_size)
 answers an over-long Content-Length with a text/plain 413, and every error here must be
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -76,3 +77,31 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class ResponseHeaders:
+    """What every response carries: ``X-Content-Type-Options: nosniff``; ``Cache-Control:
+    no-store`` on the API's own routes (their answers are per caller); and the RateLimit fields
+    the route's dependency decided (api.deps.Requires leaves them in the request state)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        private = scope.get("path", "").startswith("/v1/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if private:
+                    headers.setdefault("Cache-Control", "no-store")
+                for name, value in state.get("rate_limit_headers", {}).items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -491,6 +491,11 @@ def stack_env(
         "INFERQ_METRICS_PORT": str(metrics_port),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        # Benchmarks measure throughput, not the per-tenant limits a deployment sets.
+        "INFERQ_RATE_LIMITS": os.environ.get("INFERQ_RATE_LIMITS", ""),
+        "INFERQ_MAX_PENDING_INPUTS_PER_TENANT": os.environ.get(
+            "INFERQ_MAX_PENDING_INPUTS_PER_TENANT", "100000000"
+        ),
     }
     # Unset by default: torch in the worker picks its own thread count (all cores), as a user's
     # would. Other INFERQ_* settings in the environment (INFERQ_BATCHING, ...) do reach the stack.

@@ -18,11 +18,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import remote
+from cli import admin, remote
 from core.config import Settings, get_settings
 from core.db.models import Batch
 from core.db.session import Database
-from core.errors import InferqError, InvalidInput
+from core.errors import InferqError
 from core.telemetry.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -30,10 +30,11 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="inferq: queue-driven NLP inference.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 models_app = typer.Typer(help="Models: list, train, evaluate.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(keys_app, name="keys")
+app.add_typer(admin.keys_app, name="keys", no_args_is_help=True)
+app.add_typer(admin.tenants_app, name="tenants", no_args_is_help=True)
+app.command("audit")(admin.audit)
 app.add_typer(models_app, name="models")
 nightly_app = typer.Typer(help="The nightly inbox (INFERQ_INBOX_DIR).", no_args_is_help=True)
 app.add_typer(nightly_app, name="nightly")
@@ -69,57 +70,6 @@ def db_upgrade() -> None:
     console.print(f"database at head: {settings.resolved_database_url.split('@')[-1]}")
 
 
-@keys_app.command("create")
-def keys_create(name: str) -> None:
-    """Create a tenant's API key and print it (the only time it is shown)."""
-    from core.security import create_key
-
-    settings = _setup(quiet_logs=True)
-    database = Database(settings.resolved_database_url)
-    with database.transaction() as session:
-        created = create_key(session, name)
-    typer.echo(created.key)
-    console.print(
-        f"key for tenant {name!r} (id {created.tenant_id}); store it now, it is not shown again"
-    )
-
-
-@keys_app.command("list")
-def keys_list() -> None:
-    """Every API key: its first characters, tenant, and when it was created and revoked."""
-    from core.security import list_keys
-
-    settings = _setup(quiet_logs=True)
-    with Database(settings.resolved_database_url).read() as session:
-        keys = list_keys(session)
-    table = Table("key starts", "tenant", "created (UTC)", "revoked (UTC)")
-    for key in keys:
-        revoked = f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "-"
-        table.add_row(key.prefix, key.tenant, f"{key.created_at:%Y-%m-%d %H:%M}", revoked)
-    Console().print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key, or its start as `keys list` shows it.")],
-) -> None:
-    """Revoke one API key. An API process that accepted it within the last
-    INFERQ_API_KEY_CACHE_SECONDS may go on accepting it that long."""
-    from core.security import revoke_key
-
-    settings = _setup(quiet_logs=True)
-    try:
-        with Database(settings.resolved_database_url).transaction() as session:
-            revoked = revoke_key(session, prefix)
-    except InvalidInput as exc:
-        console.print(f"[red]{exc.detail}[/red]")
-        raise typer.Exit(1) from exc
-    console.print(
-        f"revoked key {revoked.prefix}… of tenant {revoked.tenant!r}; API processes drop it "
-        f"within {settings.api_key_cache_seconds:g} s"
-    )
-
-
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -132,10 +82,43 @@ def serve(
             "cores (at most 4).",
         ),
     ] = None,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="PEM certificate (chain): serve HTTPS. Needs --ssl-keyfile.",
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="PEM private key of --ssl-certfile."),
+    ] = None,
+    ssl_keyfile_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="INFERQ_SSL_KEYFILE_PASSWORD",
+            help="Password of an encrypted --ssl-keyfile (the variable keeps it out of ps).",
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (embedded mode also runs a worker and the beat schedule in-process)."""
+    from functools import partial
+
     import uvicorn
 
+    _check_tls_files(ssl_certfile, ssl_keyfile, ssl_keyfile_password)
+    # No "server: uvicorn" header: it only tells a scanner what to try.
+    run_server = partial(
+        uvicorn.run,
+        host=host,
+        port=port,
+        log_config=None,
+        server_header=False,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        ssl_keyfile_password=ssl_keyfile_password,
+    )
     settings = _setup()
     if workers is None:
         workers = settings.resolved_api_workers
@@ -150,14 +133,7 @@ def serve(
         # process's counters: prometheus_client's multiprocess mode, set before it is imported
         # (each API process imports it afresh from the app's import string).
         _metrics_dir_for("api-metrics", settings)
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,
-        )
+        run_server("api.app:create_app", factory=True, workers=workers)
         return
     from api.app import create_app
 
@@ -167,7 +143,20 @@ def serve(
             from workers.embedded import running_worker
 
             stack.enter_context(running_worker(settings.data_dir))
-        uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+        run_server(create_app(settings))
+
+
+def _check_tls_files(certfile: Path | None, keyfile: Path | None, password: str | None) -> None:
+    if (certfile is None) != (keyfile is None):
+        raise typer.BadParameter(
+            "HTTPS needs both the certificate and its private key",
+            param_hint="'--ssl-certfile' and '--ssl-keyfile'",
+        )
+    if password is not None and keyfile is None:
+        raise typer.BadParameter(
+            "a key password without --ssl-keyfile: there is no key to unlock",
+            param_hint="'--ssl-keyfile-password'",
+        )
 
 
 def _metrics_dir_for(name: str, settings: Settings) -> None:
@@ -272,7 +261,7 @@ def process(
     it resumes where it stopped."""
     from cli import process as processing
     from core.jobs.validation import check_task
-    from core.security import local_tenant_id
+    from core.security.keys import local_tenant_id
 
     settings = _setup(quiet_logs=True)
     check_task(task)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +25,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 OVER = ("completed", "failed", "cancelled", "expired")
 UPLOAD_CHUNK_BYTES = 1 << 20
+RATE_LIMIT_ATTEMPTS = 6
+MAX_RETRY_AFTER_SECONDS = 120.0
 
 
 def _client(settings: Settings) -> httpx.Client:
@@ -33,15 +35,33 @@ def _client(settings: Settings) -> httpx.Client:
     return httpx.Client(base_url=settings.api_url, headers=headers, timeout=timeout)
 
 
+def _patiently(
+    send: Callable[[], httpx.Response], retry: bool = True, attempts: int = RATE_LIMIT_ATTEMPTS
+) -> httpx.Response:
+    """``send()``, again after ``Retry-After`` while the API answers 429 (a rate limit or the
+    tenant's quota of pending work), ``attempts`` times at most; then the answer as it is."""
+    for attempt in range(1, attempts + 1):
+        response = send()
+        if response.status_code != 429 or not retry or attempt == attempts:
+            return response
+        delay = min(float(response.headers.get("retry-after", "5")), MAX_RETRY_AFTER_SECONDS)
+        console.print(f"[yellow]429: {_detail(response)}; again in {delay:g} s[/yellow]")
+        time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _detail(response: httpx.Response) -> str:
+    response.read()
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text
+
+
 def _checked(response: httpx.Response) -> httpx.Response:
     if response.is_success:
         return response
-    response.read()
-    try:
-        detail = response.json().get("detail", response.text)
-    except ValueError:
-        detail = response.text
-    console.print(f"[red]{response.status_code}: {detail}[/red]")
+    console.print(f"[red]{response.status_code}: {_detail(response)}[/red]")
     raise typer.Exit(1)
 
 
@@ -94,9 +114,16 @@ def submit(
     if (key := file_key(file, task)) is not None:
         headers["Idempotency-Key"] = key
     with _client(settings) as client:
+        # A file is read again for a retry (the Idempotency-Key makes that safe); stdin is not.
         batch = _checked(
-            client.post(
-                "/v1/batches", params=params, headers=headers, content=ndjson_body(file, settings)
+            _patiently(
+                lambda: client.post(
+                    "/v1/batches",
+                    params=params,
+                    headers=headers,
+                    content=ndjson_body(file, settings),
+                ),
+                retry=file != "-",
             )
         ).json()
         typer.echo(json.dumps(batch))
@@ -116,7 +143,8 @@ def _wait(client: httpx.Client, batch_id: str) -> dict[str, Any]:
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("batch", total=None, status="waiting")
         while True:
-            batch: dict[str, Any] = _checked(client.get(f"/v1/batches/{batch_id}")).json()
+            answer = _patiently(lambda: client.get(f"/v1/batches/{batch_id}"))
+            batch: dict[str, Any] = _checked(answer).json()
             counts = batch["request_counts"]
             done = counts["total"] - counts["pending"]
             progress.update(bar, total=counts["total"], completed=done, status=batch["status"])

@@ -80,6 +80,28 @@ class Settings(BaseSettings):
     # How long an API process trusts a key it has accepted (a revoked key works this long more).
     api_key_cache_seconds: float = Field(default=10.0, ge=0)
 
+    # JWT bearer tokens beside API keys (OAuth2 resource server; core.security.tokens). Tokens
+    # are accepted once a verification key is set: INFERQ_JWT_PUBLIC_KEYS (a PEM or JWKS file,
+    # or PEM text; RS256/ES256/EdDSA) and/or INFERQ_JWT_SECRET (HS256).
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_public_keys: str | None = None
+    jwt_secret: str | None = Field(default=None, repr=False)
+    jwt_tenant_claim: str = "sub"
+    jwt_leeway_seconds: float = Field(default=30.0, ge=0)
+
+    # Rate limits per tenant and route class (a scope name, or "default" for the rest), shared
+    # by every API process through Redis (INFERQ_RATE_LIMIT_STORAGE_URL, default the cache's).
+    # Several limits for one class: "jobs:write=20/second,600/minute". Empty: no rate limits.
+    rate_limits: str = "jobs:write=600/minute;batches:write=20/minute;default=3000/minute"
+    rate_limit_storage_url: str | None = None
+    # Inputs of a tenant's unfinished jobs (queued or running) at most; a submit that would go
+    # over is refused with 429, and Kafka ingest pauses. None: no quota.
+    max_pending_inputs_per_tenant: int | None = Field(default=2_000_000, ge=1)
+
+    # Browser origins allowed to call the API (comma-separated). Empty: no CORS headers at all.
+    cors_origins: str = ""
+
     # Edge limits: what a caller may send in one request.
     max_inputs_per_job: int = Field(default=256, ge=1)
     max_text_chars: int = Field(default=10_000, ge=1)
@@ -258,6 +280,14 @@ class Settings(BaseSettings):
 
     def batch_policy(self, task: str) -> BatchPolicy:
         return self.batching.get(task) or self.batching.get("default") or BatchPolicy()
+
+    @property
+    def resolved_rate_limit_storage_url(self) -> str:
+        return self.rate_limit_storage_url or self.resolved_cache_url or "memory://"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def api_keys_required(self) -> bool:

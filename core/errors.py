@@ -16,9 +16,10 @@ class InferqError(Exception):
     title: str = "Internal error"
     retryable: bool = False
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}  # sent with the problem (e.g. Retry-After)
         self.extra = extra
 
     @property
@@ -65,6 +66,27 @@ class Unauthorized(InferqError):
 
     status = 401
     title = "Unauthorized"
+
+
+class Forbidden(InferqError):
+    """The caller is known but lacks the scope the operation needs."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class RateLimited(InferqError):
+    """Too many requests of one route class from one tenant in the window; retry later."""
+
+    status = 429
+    title = "Too many requests"
+    retryable = True
+
+
+class QuotaExceeded(RateLimited):
+    """The tenant's unfinished work would pass its quota of pending inputs (backpressure)."""
+
+    title = "Quota exceeded"
 
 
 class InvalidTransition(InferqError):

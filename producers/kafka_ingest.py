@@ -11,6 +11,9 @@ One batch, in this order (invariant 2: an offset is stored only after its work i
    JSON reason, through the idempotent producer, and every delivery is confirmed;
 5. ``store_offsets()``; auto-commit sends them to the broker (and ``close()`` on shutdown).
 
+A request the ``kafka`` tenant's quota of pending inputs refuses is not dead-lettered: its
+partition stops there and is paused until the work in flight drains (producers.kafka_quota).
+
 A redelivered record finds its ``kafka_records`` row and is skipped; the same message produced
 twice (two offsets, one id) finds its job through the idempotency key. If step 3 or 4 fails
 (database or broker down), nothing is stored: the consumer seeks back to the batch's first
@@ -26,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -40,12 +43,13 @@ from sqlalchemy.orm import Session
 from core.config import Settings
 from core.db.models import KafkaRecord, utcnow
 from core.db.session import Database
-from core.errors import IdempotencyConflict, InvalidInput, UnknownTask
+from core.errors import IdempotencyConflict, InvalidInput, QuotaExceeded, UnknownTask
 from core.jobs import outbox
 from core.jobs.state import TERMINAL_JOB
 from core.jobs.submit import JobRequest, Submitted, submit_job
 from core.jobs.validation import check_metadata, check_task, check_text
-from core.security import ensure_tenant
+from core.security.quotas import PendingQuota
+from producers.kafka_quota import Partition, QuotaPause, kafka_tenant
 from producers.kafka_results import (
     Headers,
     Outgoing,
@@ -63,16 +67,40 @@ from schemas.kafka import (
 
 log = structlog.get_logger(__name__)
 
-KAFKA_TENANT = "kafka"
 RESULTS_INTERVAL_SECONDS = 1.0  # how often pending results are looked for when none are due
 RESULTS_PER_ROUND = 500  # a full round is followed by another at once
 MAX_DETAIL_CHARS = 1000
+
+Quota = tuple[int, int | None, PendingQuota]  # the kafka tenant, its limit, this batch's count
 
 
 @dataclass(frozen=True)
 class Rejected:
     error: DeadLetterError
     detail: str
+
+
+@dataclass
+class Outcome:
+    """What one batch did with its records: ``handled`` ones (their offsets are stored), the
+    ``rejected`` among them (dead-lettered), and the partitions ``refused`` by the quota, each
+    stopped at the offset of its first refused record (nothing from there on was handled)."""
+
+    handled: list[Record] = field(default_factory=list)
+    rejected: list[tuple[Record, Rejected]] = field(default_factory=list)
+    refused: dict[Partition, int] = field(default_factory=dict)
+    refusal: QuotaExceeded | None = None
+
+    def reject(self, record: Record, why: Rejected) -> None:
+        self.handled.append(record)
+        self.rejected.append((record, why))
+
+    def stop(self, record: Record, refusal: QuotaExceeded) -> None:
+        self.refused[(record.topic, record.partition)] = record.offset
+        self.refusal = self.refusal or refusal
+
+    def stopped(self, record: Record) -> bool:
+        return (record.topic, record.partition) in self.refused
 
 
 @dataclass(frozen=True)
@@ -168,42 +196,62 @@ class Ingest:
         self.database = database
         self.consumer = consumer
         self.producer = producer
-        self._tenant_id: int | None = None
+        self.paused = QuotaPause(consumer, database, settings)
+
+    def records(self, messages: Sequence[Message]) -> list[Record]:
+        """The consumed records, less any of a paused partition (fetched before its pause)."""
+        records = [Record.of(message) for message in messages if _is_record(message)]
+        return [r for r in records if not self.paused.holds(r.topic, r.partition)]
 
     def handle(self, records: Sequence[Record]) -> None:
-        """Process one batch completely, or raise having stored no offset."""
-        accepted: list[tuple[Record, KafkaRequest]] = []
-        rejected: list[tuple[Record, Rejected]] = []
-        for record in records:
-            parsed = parse_request(record.value, self.settings)
-            if isinstance(parsed, Rejected):
-                rejected.append((record, parsed))
-            else:
-                accepted.append((record, parsed))
-        if accepted:
+        """Process one batch completely, or raise having stored no offset. A partition whose
+        request the quota refused stops at it and is paused, its offset not stored."""
+        parsed = [(record, parse_request(record.value, self.settings)) for record in records]
+        if any(not isinstance(request, Rejected) for _, request in parsed):
             with self.database.transaction() as session:
-                tenant_id = self._kafka_tenant(session)
-                for record, request in accepted:
-                    refused = self._submit(session, tenant_id, record, request)
-                    if refused is not None:
-                        rejected.append((record, refused))
-            self._tenant_id = tenant_id  # only once its row is known to be committed
+                outcome = self._submit_in_order(session, parsed)
+        else:  # nothing to submit, no transaction: every record is dead-lettered
+            rejected = [(record, why) for record, why in parsed if isinstance(why, Rejected)]
+            outcome = Outcome(handled=list(records), rejected=rejected)
         send_confirmed(
             self.producer,
             self.settings.kafka_dlq_topic,
-            [_dead_letter(record, why) for record, why in rejected],
+            [_dead_letter(record, why) for record, why in outcome.rejected],
         )
-        self._store_offsets(records)
+        self._store_offsets(outcome.handled)
+        if outcome.refusal is not None:
+            extra = outcome.refusal.extra
+            self.paused.pause(outcome.refused, extra["pending_inputs"], extra["max_pending_inputs"])
 
-    def _kafka_tenant(self, session: Session) -> int:
-        if self._tenant_id is not None:
-            return self._tenant_id
-        return ensure_tenant(session, KAFKA_TENANT).id
+    def _submit_in_order(
+        self, session: Session, parsed: Sequence[tuple[Record, KafkaRequest | Rejected]]
+    ) -> Outcome:
+        """Submit each request in order under one quota count; a refusal stops its partition
+        (the records after it are left for after the resume), the other partitions go on."""
+        tenant_id, limit = kafka_tenant(session, self.settings)
+        quota, outcome = PendingQuota(session), Outcome()
+        for record, request in parsed:
+            if outcome.stopped(record):
+                continue
+            if isinstance(request, Rejected):
+                outcome.reject(record, request)
+                continue
+            try:
+                why = self._submit(session, (tenant_id, limit, quota), record, request)
+            except QuotaExceeded as exc:
+                outcome.stop(record, exc)
+                continue
+            if why is None:
+                outcome.handled.append(record)
+            else:
+                outcome.reject(record, why)
+        return outcome
 
     def _submit(
-        self, session: Session, tenant_id: int, record: Record, request: KafkaRequest
+        self, session: Session, quota: Quota, record: Record, request: KafkaRequest
     ) -> Rejected | None:
-        """Submit one request unless its record was submitted before; a reason if refused."""
+        """Submit one request unless its record was submitted before; a reason to dead-letter
+        it, or QuotaExceeded (nothing written) when the tenant's work in flight is full."""
         where = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
         earlier = session.scalars(select(KafkaRecord.message_id).filter_by(**where)).all()
         if request.id in earlier:
@@ -213,7 +261,7 @@ class Ingest:
             log.warning("kafka_offset_reused", earlier_ids=earlier[:3], id=request.id, **where)
         try:
             with session.begin_nested():
-                submitted = self._submit_new(session, tenant_id, record, request)
+                submitted = self._submit_new(session, quota, record, request)
         except UnknownTask as exc:
             return Rejected("unknown-task", exc.detail)
         except IdempotencyConflict:
@@ -229,7 +277,7 @@ class Ingest:
         return None
 
     def _submit_new(
-        self, session: Session, tenant_id: int, record: Record, request: KafkaRequest
+        self, session: Session, quota: Quota, record: Record, request: KafkaRequest
     ) -> Submitted:
         job_request = JobRequest(
             request.task,
@@ -237,6 +285,7 @@ class Ingest:
             priority=self.settings.kafka_priority,
             metadata=request.metadata,
         )
+        tenant_id, limit, pending = quota
         submitted = submit_job(
             session,
             self.settings,
@@ -244,6 +293,8 @@ class Ingest:
             request=job_request,
             idempotency_key=f"kafka:{request.id}",
             request_id=uuid.uuid4().hex,
+            max_pending_inputs=limit,
+            quota=pending,
         )
         job = submitted.job
         position = {"topic": record.topic, "partition": record.partition, "offset": record.offset}
@@ -258,6 +309,8 @@ class Ingest:
         return submitted
 
     def _store_offsets(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
         last: dict[tuple[str, int], int] = {}
         for record in records:
             position = (record.topic, record.partition)
@@ -326,7 +379,7 @@ def consume_until(ingest: Ingest, stop: threading.Event) -> None:
         messages = ingest.consumer.consume(
             settings.kafka_batch_size, settings.kafka_poll_timeout_seconds
         )
-        records = [Record.of(message) for message in messages if _is_record(message)]
+        records = ingest.records(messages)
         if records:
             try:
                 ingest.handle(records)
@@ -337,6 +390,7 @@ def consume_until(ingest: Ingest, stop: threading.Event) -> None:
                 ingest.rewind(records)
                 stop.wait(delay)
                 continue
+        ingest.paused.resume_when_room()
         if time.monotonic() >= next_results:
             full = _publish_results(ingest, settings) >= RESULTS_PER_ROUND
             next_results = 0.0 if full else time.monotonic() + RESULTS_INTERVAL_SECONDS
@@ -391,7 +445,7 @@ def run_ingest(settings: Settings) -> None:
             consumer.subscribe(
                 [settings.kafka_requests_topic],
                 on_assign=lambda _c, parts: _log_partitions("kafka_partitions_assigned", parts),
-                on_revoke=lambda _c, parts: _log_partitions("kafka_partitions_revoked", parts),
+                on_revoke=lambda c, parts: _revoked(ingest, c, parts),
             )
             log.info(
                 "ingest_started",
@@ -404,6 +458,11 @@ def run_ingest(settings: Settings) -> None:
             producer.flush(30)
             database.dispose()
             log.info("ingest_stopped")
+
+
+def _revoked(ingest: Ingest, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    _log_partitions("kafka_partitions_revoked", partitions)
+    ingest.paused.forget(consumer, partitions)  # also called for lost partitions (no on_lost)
 
 
 def _log_partitions(event: str, partitions: list[TopicPartition]) -> None:

@@ -16,3 +16,8 @@ class Problem(BaseModel):
     detail: str | None = None
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
+
+
+# The OpenAPI media type object of a problem response (application/problem+json): this model,
+# by the component name FastAPI gives it.
+PROBLEM_SCHEMA: dict[str, object] = {"schema": {"$ref": "#/components/schemas/Problem"}}

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 
-from api.deps import DatabaseDep, SessionDep, SettingsDep, TenantDep
+from api.deps import BatchesRead, BatchesWrite, DatabaseDep, SessionDep, SettingsDep
 from core.config import Settings
 from core.db.session import Database
 from core.errors import (
@@ -27,9 +27,10 @@ from core.errors import (
 from core.jobs import batches
 from core.jobs.batch_input import ndjson_lines
 from core.jobs.state import TERMINAL_BATCH
+from core.security.scopes import Principal
 from core.telemetry.metrics import JOBS_SUBMITTED
 from schemas.batches import BatchOut, BatchPage
-from schemas.problem import Problem
+from schemas.problem import PROBLEM_SCHEMA, Problem
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -37,18 +38,35 @@ NDJSON_TYPES = frozenset(
     {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"}
 )
 PROBLEMS: dict[int | str, dict[str, object]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 404, 409, 413, 415, 422, 503)
+    code: {"model": Problem, "content": {"application/problem+json": PROBLEM_SCHEMA}}
+    for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 NDJSON_BODY = {
     "requestBody": {
         "required": True,
         "content": {
             "application/x-ndjson": {
-                "schema": {"type": "string", "description": 'One {"id"?, "text"} per line.'}
+                "schema": {"type": "string", "description": 'One {"id"?, "text"} per line.'},
+                "example": '{"id": "r1", "text": "a warm and funny film"}\n{"text": "a mess"}\n',
             }
         },
     }
+}
+
+
+def _batch_link(operation: str) -> dict[str, object]:
+    """An OpenAPI link to ``operation`` (a JSON pointer into the paths) for the batch answered."""
+    return {
+        "operationRef": f"#/paths/{operation}",
+        "parameters": {"batch_id": "$response.body#/id"},
+    }
+
+
+# Where a client (and the API fuzz test's stateful phase) can go from an uploaded batch.
+BATCH_LINKS = {
+    "GetBatch": _batch_link("~1v1~1batches~1%7Bbatch_id%7D/get"),
+    "CancelBatch": _batch_link("~1v1~1batches~1%7Bbatch_id%7D~1cancel/post"),
+    "GetBatchResults": _batch_link("~1v1~1batches~1%7Bbatch_id%7D~1results/get"),
 }
 
 
@@ -56,7 +74,7 @@ NDJSON_BODY = {
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchOut,
-    responses=PROBLEMS,
+    responses={**PROBLEMS, 202: {"links": BATCH_LINKS}},
     openapi_extra=NDJSON_BODY,
 )
 async def create_batch(
@@ -64,7 +82,7 @@ async def create_batch(
     response: Response,
     database: DatabaseDep,
     settings: SettingsDep,
-    tenant_id: TenantDep,
+    caller: BatchesWrite,
     task: Annotated[str, Query(max_length=64, description="Registered task name.")],
     completion_window: Annotated[
         str | None, Query(max_length=16, description="e.g. 24h (the default), 30m, 7d")
@@ -91,7 +109,7 @@ async def create_batch(
     )
     chunks = _body_chunks(request.stream(), settings.max_batch_body_bytes)
     out, replayed = await anyio.to_thread.run_sync(
-        _write_batch, database, settings, tenant_id, spec, chunks
+        _write_batch, database, settings, caller, spec, chunks
     )
     response.headers["Location"] = f"/v1/batches/{out.id}"
     if replayed:
@@ -137,11 +155,13 @@ def _body_chunks(stream: AsyncIterator[bytes], most: int) -> Iterator[bytes]:
 def _write_batch(
     database: Database,
     settings: Settings,
-    tenant_id: int,
+    caller: Principal,
     spec: batches.BatchRequest,
     chunks: Iterator[bytes],
 ) -> tuple[BatchOut, bool]:
-    """One transaction: the batch is there whole, in progress, or not at all."""
+    """One transaction: the batch is there whole, in progress, or not at all (past the
+    tenant's quota of pending inputs: not at all, 429)."""
+    tenant_id = caller.tenant_id
     lines = ndjson_lines(chunks, settings)
     try:
         with database.transaction() as session:
@@ -153,7 +173,8 @@ def _write_batch(
                     raise _conflict()
                 return batches.batch_out(earlier, settings.public_url), True
             batch = batches.open_batch(session, settings, tenant_id, spec)
-            writer = batches.BatchWriter(session, settings, batch)
+            quota = caller.pending_limit(settings.max_pending_inputs_per_tenant)
+            writer = batches.BatchWriter(session, settings, batch, max_pending_inputs=quota)
             writer.add_all(lines)
             writer.finish()
             out = batches.batch_out(batch, settings.public_url)
@@ -179,13 +200,15 @@ def _conflict() -> IdempotencyConflict:
 def list_my_batches(
     database: DatabaseDep,
     settings: SettingsDep,
-    tenant_id: TenantDep,
+    caller: BatchesRead,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> BatchPage:
     """The caller's batches, newest first."""
     with database.read() as session:
-        found, next_cursor = batches.list_batches(session, tenant_id, limit=limit, cursor=cursor)
+        found, next_cursor = batches.list_batches(
+            session, caller.tenant_id, limit=limit, cursor=cursor
+        )
         return BatchPage(
             data=[batches.batch_out(b, settings.public_url) for b in found],
             next_cursor=next_cursor,
@@ -194,22 +217,23 @@ def list_my_batches(
 
 @router.get("/{batch_id}", response_model=BatchOut, responses=PROBLEMS)
 def read_batch(
-    batch_id: uuid.UUID, database: DatabaseDep, settings: SettingsDep, tenant_id: TenantDep
+    batch_id: uuid.UUID, database: DatabaseDep, settings: SettingsDep, caller: BatchesRead
 ) -> BatchOut:
     with database.read() as session:
         return batches.batch_out(
-            batches.get_batch(session, tenant_id, batch_id), settings.public_url
+            batches.get_batch(session, caller.tenant_id, batch_id), settings.public_url
         )
 
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut, responses=PROBLEMS)
 def cancel_batch(
-    batch_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant_id: TenantDep
+    batch_id: uuid.UUID, session: SessionDep, settings: SettingsDep, caller: BatchesWrite
 ) -> BatchOut:
     """Lines that have not run are cancelled; lines running now finish and keep their result
     (``cancelling`` until they have, then ``cancelled``)."""
     return batches.batch_out(
-        batches.cancel_batch(session, tenant_id, batch_id), settings.public_url
+        batches.cancel_batch(session, caller.tenant_id, batch_id, actor=caller.actor),
+        settings.public_url,
     )
 
 
@@ -229,11 +253,11 @@ def cancel_batch(
 def batch_results(
     batch_id: uuid.UUID,
     database: DatabaseDep,
-    tenant_id: TenantDep,
+    caller: BatchesRead,
     only: Annotated[Literal["all", "errors"], Query(description="errors: the error file")] = "all",
 ) -> StreamingResponse:
     with database.read() as session:
-        batch = batches.get_batch(session, tenant_id, batch_id)
+        batch = batches.get_batch(session, caller.tenant_id, batch_id)
         complete = batch.status in TERMINAL_BATCH
         batch_status = batch.status
     lines = batches.iter_results(database, batch_id, only_errors=only == "errors")

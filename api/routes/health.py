@@ -1,5 +1,9 @@
 """Liveness, readiness (database and broker reachable; tiers some worker cannot load reported as
-degraded, still ready: the chain serves without them) and Prometheus metrics."""
+degraded, still ready: the chain serves without them) and Prometheus metrics.
+
+These need no credentials: probes and scrapers hold none. They say nothing about any tenant;
+keep /metrics on the cluster network (the Kubernetes manifests do not expose it through the
+ingress)."""
 
 from __future__ import annotations
 
@@ -26,7 +30,10 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: the database or the broker cannot be reached"}},
+)
 def readyz(request: Request, database: DatabaseDep) -> JSONResponse:
     checks: dict[str, Any] = {
         "database": _check_database(database),

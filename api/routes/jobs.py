@@ -17,11 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import (
     DatabaseDep,
     FinishedJobsDep,
+    JobsRead,
+    JobsWrite,
     ReadsDep,
     SessionDep,
     SettingsDep,
     SubmitsDep,
-    TenantDep,
+    WebhooksAdmin,
 )
 from core.db.session import Database
 from core.errors import InvalidInput
@@ -34,7 +36,7 @@ from core.jobs.submit import JobRequest, Submission
 from core.telemetry.metrics import JOBS_SUBMITTED
 from core.webhooks import deliveries
 from schemas.jobs import JobCreate, JobOut, JobPage
-from schemas.problem import Problem
+from schemas.problem import PROBLEM_SCHEMA, Problem
 from schemas.webhooks import WebhookOut
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,9 +46,25 @@ POLL_FAST_FOR_SECONDS = 2.0
 POLL_SLOWEST_SECONDS = 0.5
 POLL_LISTENING_SECONDS = 2.0
 
+# FastAPI files a response model under application/json; problems are sent as
+# application/problem+json, so that media type names the schema too (400: a body that is not
+# JSON).
 PROBLEMS: dict[int | str, dict[str, object]] = {
-    code: {"model": Problem, "content": {"application/problem+json": {}}}
-    for code in (401, 404, 409, 413, 422, 503)
+    code: {"model": Problem, "content": {"application/problem+json": PROBLEM_SCHEMA}}
+    for code in (400, 401, 403, 404, 409, 413, 422, 429, 503)
+}
+
+
+def _job_link(operation: str) -> dict[str, object]:
+    """An OpenAPI link to ``operation`` (a JSON pointer into the paths) for the job answered."""
+    return {"operationRef": f"#/paths/{operation}", "parameters": {"job_id": "$response.body#/id"}}
+
+
+# Where a client (and the API fuzz test's stateful phase) can go from a submitted job.
+JOB_LINKS = {
+    "GetJob": _job_link("~1v1~1jobs~1%7Bjob_id%7D/get"),
+    "CancelJob": _job_link("~1v1~1jobs~1%7Bjob_id%7D/delete"),
+    "RedeliverWebhook": _job_link("~1v1~1jobs~1%7Bjob_id%7D~1webhook~1redeliver/post"),
 }
 
 
@@ -54,14 +72,22 @@ PROBLEMS: dict[int | str, dict[str, object]] = {
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
-    responses={**PROBLEMS, 201: {"description": "Finished within the `Prefer: wait=N` time"}},
+    responses={
+        **PROBLEMS,
+        202: {"links": JOB_LINKS},
+        201: {
+            "model": JobOut,
+            "description": "Finished within the `Prefer: wait=N` time",
+            "links": JOB_LINKS,
+        },
+    },
 )
 async def create_job(
     body: JobCreate,
     response: Response,
     database: DatabaseDep,
     settings: SettingsDep,
-    tenant_id: TenantDep,
+    caller: JobsWrite,
     finished_jobs: FinishedJobsDep,
     submits: SubmitsDep,
     reads: ReadsDep,
@@ -77,6 +103,7 @@ async def create_job(
     ] = None,
 ) -> JobOut:
     wait = preferred_wait(prefer, settings.max_wait_seconds)
+    tenant_id = caller.tenant_id
     request = JobRequest(body.task, body.inputs, body.priority, body.webhook_url, body.metadata)
     new_id = uuid.uuid4()
     async with AsyncExitStack() as stack:
@@ -89,7 +116,14 @@ async def create_job(
         # The transaction commits (and the outbox relays) inside _submit, before any waiting:
         # a 202 or 201 always means the job is durable.
         submitted = await submits(
-            Submission(tenant_id, request, idempotency_key, correlation_id.get(), new_id)
+            Submission(
+                tenant_id,
+                request,
+                idempotency_key,
+                correlation_id.get(),
+                new_id,
+                max_pending_inputs=caller.pending_limit(settings.max_pending_inputs_per_tenant),
+            )
         )
         job_id = submitted.job.id
         response.headers["Location"] = f"/v1/jobs/{job_id}"
@@ -155,7 +189,7 @@ async def read_job(
     job_id: uuid.UUID,
     database: DatabaseDep,
     settings: SettingsDep,
-    tenant_id: TenantDep,
+    caller: JobsRead,
     finished_jobs: FinishedJobsDep,
     reads: ReadsDep,
     wait: Annotated[float, Query(ge=0, description="Long-poll up to this many seconds.")] = 0,
@@ -163,8 +197,8 @@ async def read_job(
     if wait > settings.max_wait_seconds:
         raise InvalidInput(f"wait is at most {settings.max_wait_seconds} seconds")
     if wait > 0:
-        await _wait_for(database, finished_jobs, tenant_id, job_id, wait)
-    return await reads((tenant_id, job_id))
+        await _wait_for(database, finished_jobs, caller.tenant_id, job_id, wait)
+    return await reads((caller.tenant_id, job_id))
 
 
 async def _long_poll(
@@ -208,9 +242,9 @@ def _status(database: Database, tenant_id: int, job_id: uuid.UUID) -> str:
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses=PROBLEMS)
-def delete_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> JobOut:
-    cancel_job(session, tenant_id, job_id)
-    return job_out(get_job(session, tenant_id, job_id))
+def delete_job(job_id: uuid.UUID, session: SessionDep, caller: JobsWrite) -> JobOut:
+    cancel_job(session, caller.tenant_id, job_id, actor=caller.actor)
+    return job_out(get_job(session, caller.tenant_id, job_id))
 
 
 @router.post(
@@ -219,21 +253,21 @@ def delete_job(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> 
     response_model=WebhookOut,
     responses=PROBLEMS,
 )
-def redeliver_webhook(job_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> WebhookOut:
+def redeliver_webhook(job_id: uuid.UUID, session: SessionDep, caller: WebhooksAdmin) -> WebhookOut:
     """Send a finished job's event again: a new series of attempts, the same webhook-id."""
-    return deliveries.delivery_out(deliveries.redeliver(session, tenant_id, job_id))
+    return deliveries.delivery_out(deliveries.redeliver(session, caller.tenant_id, job_id))
 
 
 @router.get("", response_model=JobPage, responses=PROBLEMS)
 def list_my_jobs(
     database: DatabaseDep,
-    tenant_id: TenantDep,
+    caller: JobsRead,
     job_status: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
 ) -> JobPage:
     with database.read() as session:
         jobs, next_cursor = list_jobs(
-            session, tenant_id, status=job_status, limit=limit, cursor=cursor
+            session, caller.tenant_id, status=job_status, limit=limit, cursor=cursor
         )
         return JobPage(data=[job_summary(job) for job in jobs], next_cursor=next_cursor)

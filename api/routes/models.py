@@ -6,7 +6,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import TenantDep
+from api.deps import ModelsRead
+from api.routes.jobs import PROBLEMS
 from core.config import Settings
 from core.inference.availability import TierReports, describe
 from core.inference.circuit import Circuits
@@ -16,8 +17,9 @@ from schemas.models import ModelList, TaskOut, TierOut
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=ModelList)
-async def list_models(request: Request, _tenant: TenantDep) -> ModelList:
+@router.get("", response_model=ModelList, responses=PROBLEMS)
+async def list_models(request: Request, _caller: ModelsRead) -> ModelList:
+    """Every task and its chain. Needs the ``models:read`` scope."""
     circuits: Circuits = request.app.state.circuits
     settings: Settings = request.app.state.settings
     reports = TierReports(settings.resolved_cache_url)

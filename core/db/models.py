@@ -66,6 +66,9 @@ class Tenant(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # This tenant's own limits (`inferq tenants set-limits`); NULL: the settings' defaults.
+    rate_limits: Mapped[str | None] = mapped_column(Text, default=None)
+    max_pending_inputs: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class ApiKey(Base):
@@ -76,8 +79,28 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # What the key may do: scope names separated by spaces (core.security.scopes).
+    scopes: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEvent(Base):
+    """Who changed what: keys, secrets, limits, cancellations (core.security.audit)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="SET NULL"), default=None
+    )
+    target: Mapped[str | None] = mapped_column(String(200), default=None)
+    details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class Job(Base):
@@ -91,6 +114,14 @@ class Job(Base):
             "batch_seq",
             postgresql_where=text("batch_id IS NOT NULL"),
             sqlite_where=text("batch_id IS NOT NULL"),
+        ),
+        # A tenant's work in flight, summed on every submit (core.security.quotas).
+        Index(
+            "ix_jobs_tenant_pending",
+            "tenant_id",
+            postgresql_include=["total_items"],
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
         ),
     )
 

@@ -26,7 +26,6 @@ directly would have needed a second claim/record/settle path beside the jobs'.)
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -41,6 +40,7 @@ from core.config import Settings
 from core.db.bulk import among, insert_rows
 from core.db.models import Batch, Job, JobItem, Result, utcnow
 from core.db.session import Database
+from core.durations import UNITS, duration_seconds, duration_text
 from core.errors import InvalidInput, InvalidTransition, NotFound, NotNdjson, PayloadTooLarge
 from core.inference.engine import Output
 from core.jobs import outbox
@@ -58,6 +58,8 @@ from core.jobs.state import (
 )
 from core.jobs.submit import PRIORITIES, cached_outputs, input_hash
 from core.jobs.validation import check_metadata, check_task, check_webhook_url
+from core.security import audit
+from core.security.quotas import PendingQuota
 from core.webhooks import deliveries
 from schemas.batches import BatchOut, RequestCounts
 
@@ -67,7 +69,6 @@ RESULT_PAGE_LINES = 1000
 EXPIRED = "expired"
 CANCELLED = "cancelled"
 INFERENCE_FAILED = "inference_failed"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,12 @@ class BatchRequest:
 
 
 def window_seconds(value: str) -> int:
-    """``30m``, ``24h``, ``7d`` (or seconds, ``3600s``) as seconds."""
-    found = re.fullmatch(r"\s*(\d{1,7})\s*([smhd])\s*", value)
-    if found is None or int(found[1]) == 0:
-        raise InvalidInput(
-            f"completion_window {value!r} is not a duration; use a number and a unit: 30m, 24h, 7d"
-        )
-    return int(found[1]) * _UNITS[found[2]]
+    return duration_seconds(value, "completion_window")
 
 
 def window_text(seconds: int) -> str:
-    for unit in ("h", "m"):
-        if seconds % _UNITS[unit] == 0:
-            return f"{seconds // _UNITS[unit]}{unit}"
-    return f"{seconds}s"
+    """As OpenAI writes windows: in hours ("24h", never "1d")."""
+    return duration_text(seconds) if seconds % UNITS["d"] else f"{seconds // UNITS['h']}h"
 
 
 def open_batch(
@@ -163,10 +156,19 @@ class BatchWriter:
     """Writes a batch's lines as they arrive, one window at a time, in the caller's
     transaction; ``finish`` puts the batch in progress and dispatches its first jobs."""
 
-    def __init__(self, session: Session, settings: Settings, batch: Batch) -> None:
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        batch: Batch,
+        max_pending_inputs: int | None = None,
+    ) -> None:
         self.session = session
         self.settings = settings
         self.batch = batch
+        # Each window counts against the tenant's quota of pending inputs before it is written.
+        self.max_pending_inputs = max_pending_inputs
+        self._quota = PendingQuota(session)
         self.hash = LineHash()
         self._window: list[Line] = []
         self._chars = 0
@@ -220,6 +222,7 @@ class BatchWriter:
         lines = self._refuse_duplicates(lines)
         task, batch = self.batch.task, self.batch
         good = [line for line in lines if line.ok]
+        self._quota.take(batch.tenant_id, len(good), self.max_pending_inputs)
         bad = [line for line in lines if not line.ok]
         hashes = {line.number: input_hash(task, line.text or "") for line in good}
         cached = cached_outputs(self.session, self.settings, task, sorted(set(hashes.values())))
@@ -435,7 +438,9 @@ def list_batches(
     return batches[:limit], next_cursor
 
 
-def cancel_batch(session: Session, tenant_id: int, batch_id: uuid.UUID) -> Batch:
+def cancel_batch(
+    session: Session, tenant_id: int, batch_id: uuid.UUID, actor: str = "system"
+) -> Batch:
     """What has not run is cancelled; what runs now finishes and keeps its result. The batch is
     ``cancelling`` until then, ``cancelled`` after."""
     batch = get_batch(session, tenant_id, batch_id)
@@ -444,6 +449,7 @@ def cancel_batch(session: Session, tenant_id: int, batch_id: uuid.UUID) -> Batch
     if batch.status in TERMINAL_BATCH:
         raise InvalidTransition(f"batch {batch_id} is {batch.status}; there is nothing to cancel")
     _end_unfinished(session, batch_id, ItemStatus.CANCELLED, CANCELLED, "cancelled before it ran")
+    audit.record(session, actor, "batch.cancelled", tenant_id, target=str(batch_id))
     batch = get_batch(session, tenant_id, batch_id)
     return batch
 

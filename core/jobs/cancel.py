@@ -13,10 +13,11 @@ from core.errors import NotFound
 from core.jobs.finished import announce_finished
 from core.jobs.lifecycle import lock_job
 from core.jobs.state import ItemStatus, JobStatus, job_transition
+from core.security import audit
 from core.webhooks import deliveries
 
 
-def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> Job:
+def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID, actor: str = "system") -> Job:
     job = lock_job(session, job_id)
     # A batch's jobs are cancelled with their batch (POST /v1/batches/{id}/cancel), which keeps
     # its counts; alone they are not found.
@@ -31,4 +32,5 @@ def cancel_job(session: Session, tenant_id: int, job_id: uuid.UUID) -> Job:
     )
     deliveries.add_job_event(session, job)
     announce_finished(session, job_id)
+    audit.record(session, actor, "job.cancelled", tenant_id, target=str(job_id))
     return job

@@ -35,7 +35,7 @@ from core.errors import InferqError
 from core.jobs import batches
 from core.jobs.batch_input import file_lines
 from core.jobs.state import TERMINAL_BATCH
-from core.security import local_tenant_id
+from core.security.keys import local_tenant_id
 
 log = structlog.get_logger(__name__)
 

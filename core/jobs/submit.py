@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from core.config import Settings
 from core.db.bulk import insert_rows
 from core.db.models import Job, JobItem, utcnow
-from core.errors import IdempotencyConflict, InferqError, InvalidInput
+from core.errors import IdempotencyConflict, InferqError, InvalidInput, QuotaExceeded
 from core.inference.cache import RedisCache, lookup
 from core.inference.engine import Output
 from core.inference.preprocess import normalise
@@ -29,6 +29,7 @@ from core.jobs.presenters import output_out
 from core.jobs.queries import ItemView, JobView
 from core.jobs.state import ItemStatus, JobStatus
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
+from core.security.quotas import PendingQuota
 from core.webhooks import deliveries
 from schemas.webhooks import WebhookOut
 
@@ -79,6 +80,8 @@ class Submission:
     idempotency_key: str | None = None
     request_id: str | None = None
     job_id: uuid.UUID | None = None  # the new job's id (a caller may watch for it beforehand)
+    # The tenant's quota of pending inputs (core.security.quotas); None: no quota.
+    max_pending_inputs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,16 +100,24 @@ def submit_job(
     idempotency_key: str | None = None,
     request_id: str | None = None,
     job_id: uuid.UUID | None = None,
+    max_pending_inputs: int | None = None,
+    quota: PendingQuota | None = None,
 ) -> Submitted:
     """``job_id`` names the new job (a caller may watch for it before it exists); an earlier
-    job returned for the same idempotency key keeps its own id."""
-    submission = Submission(tenant_id, request, idempotency_key, request_id, job_id)
+    job returned for the same idempotency key keeps its own id. New work past the tenant's
+    ``max_pending_inputs`` is refused (QuotaExceeded); an earlier job is returned regardless."""
+    submission = Submission(
+        tenant_id, request, idempotency_key, request_id, job_id, max_pending_inputs
+    )
     checked = _check(submission, settings)
+    quota = quota or PendingQuota(session)
     if idempotency_key is None:
+        quota.take(tenant_id, len(checked.texts), max_pending_inputs)
         return _created(_insert_many(session, settings, [checked])[0])
     earlier = _find_by_key(session, tenant_id, idempotency_key)
     if earlier is not None:
         return Submitted(_same_request(earlier, checked.fingerprint), created=False)
+    quota.take(tenant_id, len(checked.texts), max_pending_inputs)
     # Only a key can collide with a concurrent request's row: the savepoint (two round trips)
     # that lets this transaction go on after losing that race is taken only when there is one.
     try:
@@ -131,6 +142,8 @@ def submit_many(
     takes ``submit_job``'s path (the key lookup and its savepoint)."""
     outcomes: list[Submitted | InferqError | None] = [None] * len(submissions)
     batch: list[tuple[int, _Checked]] = []
+    quota = PendingQuota(session)
+    quota.preload({s.tenant_id for s in submissions if s.max_pending_inputs is not None})
     for position, submission in enumerate(submissions):
         try:
             if submission.idempotency_key is not None:
@@ -142,10 +155,14 @@ def submit_many(
                     idempotency_key=submission.idempotency_key,
                     request_id=submission.request_id,
                     job_id=submission.job_id,
+                    max_pending_inputs=submission.max_pending_inputs,
+                    quota=quota,
                 )
             else:
-                batch.append((position, _check(submission, settings)))
-        except (InvalidInput, IdempotencyConflict) as exc:  # refused before anything was written
+                checked = _check(submission, settings)
+                quota.take(submission.tenant_id, len(checked.texts), submission.max_pending_inputs)
+                batch.append((position, checked))
+        except (InvalidInput, IdempotencyConflict, QuotaExceeded) as exc:  # nothing written
             outcomes[position] = exc
     written = _insert_many(session, settings, [checked for _, checked in batch])
     for (position, _), view in zip(batch, written, strict=True):

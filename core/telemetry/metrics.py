@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 JOBS_SUBMITTED = Counter(
     "inferq_jobs_submitted_total", "Jobs accepted, by task and door", ["task", "door"]
@@ -41,4 +41,29 @@ WEBHOOK_ATTEMPT_SECONDS = Histogram(
     "inferq_webhook_attempt_seconds",
     "Time a receiver took to answer one delivery attempt",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+)
+
+# Limits (core.security): requests refused per route class, fail-open storage errors, quota.
+RATE_LIMITED = Counter(
+    "inferq_rate_limited_total", "Requests refused with 429 by a rate limit", ["route_class"]
+)
+RATE_LIMITER_ERRORS = Counter(
+    "inferq_rate_limiter_errors_total",
+    "Rate limit checks skipped because the storage (Redis) could not be reached: failed open",
+)
+QUOTA_REFUSED = Counter(
+    "inferq_quota_refused_total",
+    "Submits (or batch windows, or Kafka records) refused: the tenant's pending inputs would "
+    "pass its quota",
+)
+AUTH_FAILURES = Counter(
+    "inferq_auth_failures_total", "Requests refused with 401 or 403, by reason", ["reason"]
+)
+
+# The Kafka door's backpressure (producers.kafka_quota): summed over live ingest processes.
+KAFKA_PAUSED_PARTITIONS = Gauge(
+    "inferq_kafka_paused_partitions",
+    "Partitions of the requests topic paused because the kafka tenant's pending inputs reached "
+    "its quota",
+    multiprocess_mode="livesum",
 )

@@ -26,6 +26,7 @@ from standardwebhooks import Webhook
 from core.config import Settings
 from core.db.models import Tenant, WebhookSecret, utcnow
 from core.errors import NotConfigured
+from core.security import audit
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's prefix, not a secret
 SECRET_BYTES = 32
@@ -102,12 +103,13 @@ def current_secret(session: Session, box: SecretBox, tenant_id: int) -> str:
     return box.decrypt(row.ciphertext, tenant_id)
 
 
-def rotate_secret(session: Session, box: SecretBox, tenant_id: int) -> str:
+def rotate_secret(session: Session, box: SecretBox, tenant_id: int, actor: str = "system") -> str:
     """A new signing secret; the one it replaces keeps signing for ``ROLLOVER``."""
     session.get(Tenant, tenant_id, with_for_update=True)
     now = utcnow()
     for row in session.scalars(_unretired(tenant_id)):
         row.retired_at = now
+    audit.record(session, actor, "webhook_secret.rotated", tenant_id)
     return box.decrypt(_add_secret(session, box, tenant_id).ciphertext, tenant_id)
 
 

@@ -26,7 +26,7 @@ from core.inference.types import Prediction
 from core.jobs.finished import CHANNEL
 from core.jobs.lifecycle import claim_items, record_results
 from core.jobs.submit import JobRequest, submit_job
-from core.security import local_tenant_id
+from core.security.keys import local_tenant_id
 
 pytestmark = pytest.mark.integration
 

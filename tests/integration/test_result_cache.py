@@ -21,7 +21,7 @@ from core.inference.registry import tier_version
 from core.jobs.execute import Worker, run_items
 from core.jobs.queries import get_job
 from core.jobs.submit import JobRequest, submit_job
-from core.security import local_tenant_id
+from core.security.keys import local_tenant_id
 from tests.fakes import Healthy
 
 pytestmark = pytest.mark.integration

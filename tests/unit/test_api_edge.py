@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from core.config import Settings
 from core.db.session import Database
-from core.security import create_key
+from core.security.keys import create_key
 
 MAX_INPUTS = 4
 MAX_CHARS = 100

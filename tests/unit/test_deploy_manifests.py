@@ -697,6 +697,30 @@ def test_env_sources_and_trigger_secrets_exist() -> None:
             assert ref["key"] in secrets[ref["name"]], ref
 
 
+def test_every_inferq_variable_the_deployments_set_is_a_setting() -> None:
+    """A misspelt INFERQ_ variable is silently ignored by pydantic-settings: catch it here."""
+    from core.config import Settings
+
+    known = {f"INFERQ_{name.upper()}" for name in Settings.model_fields}
+    named_in_k8s = [
+        *(key for d in kind("ConfigMap") for key in d["data"]),
+        *(key for d in kind("Secret") for key in d["stringData"]),
+        *(
+            item["name"]
+            for workload in workloads()
+            for container in containers(workload)
+            for item in container.get("env", [])
+        ),
+    ]
+    named_in_compose = [
+        *compose()["x-inferq-env"],
+        *(key for service in services().values() for key in env_of(service)),
+    ]
+    set_here = {name for name in named_in_k8s + named_in_compose if name.startswith("INFERQ_")}
+    assert set_here, "no INFERQ_ variable found: the test reads the wrong place"
+    assert set_here <= known, sorted(set_here - known)
+
+
 def test_secret_manifest_is_clearly_an_example() -> None:
     assert (K8S_DIR / "secret.example.yaml").exists()
     for secret in kind("Secret"):

@@ -18,7 +18,7 @@ from core.db.models import Job
 from core.db.session import Database
 from core.errors import InferqError, InvalidInput, NotFound
 from core.jobs.submit import JobRequest, Submission, Submitted
-from core.security import ensure_tenant
+from core.security.tenants import ensure_tenant
 
 
 @pytest.fixture(autouse=True)

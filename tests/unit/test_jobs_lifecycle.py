@@ -38,7 +38,7 @@ from core.jobs.lifecycle import ClaimedItem, claim_items, claim_many, record_man
 from core.jobs.queries import get_job, list_jobs
 from core.jobs.submit import JobRequest, Submission, Submitted, submit_job, submit_many
 from core.jobs.sweeper import sweep
-from core.security import ensure_tenant
+from core.security.tenants import ensure_tenant
 
 # --- fake models ----------------------------------------------------------------------------------
 

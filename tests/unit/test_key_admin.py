@@ -10,7 +10,7 @@ from cli.main import app
 from core.db.models import ApiKey
 from core.db.session import Database
 from core.errors import InvalidInput, Unauthorized
-from core.security import authenticate, create_key, hash_key, list_keys, revoke_key
+from core.security.keys import authenticate, create_key, hash_key, list_keys, revoke_key
 
 
 def new_key(db: Database, name: str) -> str:
@@ -76,9 +76,15 @@ def test_a_prefix_two_active_keys_share_revokes_neither_but_the_whole_key_picks_
     key = new_key(sqlite_db, "acme")
     twin = key[:10] + "another-secret"
     with sqlite_db.transaction() as session:  # a second key whose first characters collide
-        tenant_id = authenticate(session, key)
+        tenant_id = authenticate(session, key).tenant_id
         session.add(
-            ApiKey(tenant_id=tenant_id, name="acme", prefix=key[:10], key_hash=hash_key(twin))
+            ApiKey(
+                tenant_id=tenant_id,
+                name="acme",
+                prefix=key[:10],
+                key_hash=hash_key(twin),
+                scopes="jobs:read",
+            )
         )
 
     with sqlite_db.transaction() as session, pytest.raises(InvalidInput, match="2 active keys"):
@@ -87,6 +93,6 @@ def test_a_prefix_two_active_keys_share_revokes_neither_but_the_whole_key_picks_
     with sqlite_db.transaction() as session:
         revoke_key(session, key)
     with sqlite_db.transaction() as session:
-        assert authenticate(session, twin) == tenant_id
+        assert authenticate(session, twin).tenant_id == tenant_id
         with pytest.raises(Unauthorized):
             authenticate(session, key)

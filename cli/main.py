@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import admin, remote
+from cli import admin, flower, models_ops, remote, status, usage
 from core.config import Settings, get_settings
 from core.db.models import Batch
 from core.db.session import Database
@@ -35,7 +35,11 @@ app.add_typer(db_app, name="db")
 app.add_typer(admin.keys_app, name="keys", no_args_is_help=True)
 app.add_typer(admin.tenants_app, name="tenants", no_args_is_help=True)
 app.command("audit")(admin.audit)
+app.command("flower")(flower.flower)
+app.command("usage")(usage.usage)
+app.command("status")(status.status)
 app.add_typer(models_app, name="models")
+models_app.command("profile")(models_ops.profile)
 nightly_app = typer.Typer(help="The nightly inbox (INFERQ_INBOX_DIR).", no_args_is_help=True)
 app.add_typer(nightly_app, name="nightly")
 app.add_typer(remote.app, name="batches")
@@ -403,6 +407,13 @@ def models_train(
     primary_dir = out_dir / "sentiment" if out_dir else transformer.SENTIMENT_ARTEFACT_DIR
     path = training.train_sentiment(DEFAULT_SST2_DIR, primary_dir, progress=console.print)
     console.print(f"primary (MiniLM + LoRA) written to {path}")
+    if out_dir is not None:  # the profile is made from the served artefacts, not these
+        console.print("drift profiles not made: install the artefacts, then `models profile`")
+        return
+    from core.inference.drift_profile import profile_task
+
+    # The drift reference of what was just trained, from held-out data it never saw.
+    profile_task(task, device=get_settings().device, progress=console.print)
 
 
 @models_app.command("evaluate")

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     redispatch_after_seconds: float = Field(default=300.0, gt=0)
     relay_interval_seconds: float = Field(default=2.0, gt=0)
     sweep_interval_seconds: float = Field(default=15.0, gt=0)
+    # The backlog metrics on the API's /metrics (core.telemetry.backlog): how long one reading of
+    # PostgreSQL and Redis serves scrapes, and the time constant of the finishing rate's EWMA.
+    backlog_cache_seconds: float = Field(default=5.0, ge=0)
+    backlog_rate_window_seconds: float = Field(default=300.0, gt=0)
     # Redis redelivers an unacked message after this long; keep it far above the longest batch.
     visibility_timeout_seconds: int = Field(default=3600, ge=60)
     # Pool processes per worker. Unset: one per core on CPU (small matrices parallelise better
@@ -167,6 +171,9 @@ class Settings(BaseSettings):
     circuit_force_open: str = ""
 
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # Drift (core.telemetry.drift): the live window is the last this many primary-tier results
+    # of each task, shared by every worker, compared with the artefact's reference profile.
+    drift_window: int = Field(default=500, ge=10)
 
     # Encrypts stored secrets (webhook signing secrets) with AES-GCM. Any string: the key is
     # derived from it. Embedded mode generates one under data_dir when unset; distributed mode
@@ -220,6 +227,13 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     metrics_port: int = 9100
+    # Flower's login for `inferq flower`, "user:password" (several: comma-separated). Unset: the
+    # UI is open and Flower refuses its HTTP API.
+    flower_basic_auth: str | None = Field(default=None, repr=False)
+    # What one worker costs per hour (any currency): `inferq usage` prices model seconds with
+    # these, the GPU rate for seconds spent in workers whose models run on a GPU.
+    cost_per_worker_hour: float = Field(default=0.10, ge=0)
+    cost_per_gpu_worker_hour: float = Field(default=1.20, ge=0)
 
     @property
     def embedded(self) -> bool:

@@ -18,6 +18,9 @@ A redelivered record finds its ``kafka_records`` row and is skipped; the same me
 twice (two offsets, one id) finds its job through the idempotency key. If step 3 or 4 fails
 (database or broker down), nothing is stored: the consumer seeks back to the batch's first
 offsets and tries again after a back-off, so an outage never turns into a crash loop.
+
+The process serves its metrics (``inferq_kafka_consumer_lag`` per partition, see
+producers.kafka_lag, and ``inferq_kafka_paused_partitions``) on ``INFERQ_METRICS_PORT``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from core.jobs.state import TERMINAL_JOB
 from core.jobs.submit import JobRequest, Submitted, submit_job
 from core.jobs.validation import check_metadata, check_task, check_text
 from core.security.quotas import PendingQuota
+from producers.kafka_lag import FROM_BEGINNING, ConsumerLag
 from producers.kafka_quota import Partition, QuotaPause, kafka_tenant
 from producers.kafka_results import (
     Headers,
@@ -197,6 +201,8 @@ class Ingest:
         self.consumer = consumer
         self.producer = producer
         self.paused = QuotaPause(consumer, database, settings)
+        reset = str(consumer_config(settings)["auto.offset.reset"]).lower()
+        self.lag = ConsumerLag(consumer, from_beginning=reset in FROM_BEGINNING)
 
     def records(self, messages: Sequence[Message]) -> list[Record]:
         """The consumed records, less any of a paused partition (fetched before its pause)."""
@@ -380,6 +386,7 @@ def consume_until(ingest: Ingest, stop: threading.Event) -> None:
             settings.kafka_batch_size, settings.kafka_poll_timeout_seconds
         )
         records = ingest.records(messages)
+        ingest.lag.refresh()
         if records:
             try:
                 ingest.handle(records)
@@ -436,6 +443,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 
 def run_ingest(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT: finish the batch in hand, commit its offsets, leave the group."""
+    _serve_metrics(settings.metrics_port)
     database = Database(settings.resolved_database_url)
     consumer = Consumer(consumer_config(settings))
     producer = Producer(producer_config(settings))
@@ -463,6 +471,22 @@ def run_ingest(settings: Settings) -> None:
 def _revoked(ingest: Ingest, consumer: Consumer, partitions: list[TopicPartition]) -> None:
     _log_partitions("kafka_partitions_revoked", partitions)
     ingest.paused.forget(consumer, partitions)  # also called for lost partitions (no on_lost)
+    ingest.lag.forget(partitions)
+
+
+def _serve_metrics(port: int) -> None:
+    """This process's metrics (the default registry: one process) on ``port``. A port already
+    taken is logged and ingest goes on without it, as a worker does (Celery logs a failing
+    ``worker_init`` hook and starts): consuming matters more than being watched, and the
+    scrape that fails says it."""
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.error("metrics_not_served", port=port, error=str(exc))
+        return
+    log.info("metrics_served", port=port)
 
 
 def _log_partitions(event: str, partitions: list[TopicPartition]) -> None:

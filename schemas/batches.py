@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from schemas.jobs import Usage
+
 BatchStatusName = Literal[
     "validating",
     "in_progress",
@@ -48,6 +50,7 @@ class BatchOut(BaseModel):
     cancelled_at: datetime | None
     metadata: dict[str, Any] | None = None
     results_url: str
+    usage: Usage = Field(default_factory=Usage, description="The sum over the batch's jobs.")
 
 
 class BatchPage(BaseModel):

@@ -48,6 +48,39 @@ class Counts(BaseModel):
     pending: int
 
 
+class TierCounts(BaseModel):
+    primary: int = 0
+    fallback: int = 0
+    rules: int = 0
+
+
+class Usage(BaseModel):
+    """What a job (or a batch: the sum over its jobs) used; counted once per input, whatever
+    the redeliveries."""
+
+    inputs: int = Field(default=0, description="Inputs that got their result.")
+    cached_inputs: int = Field(
+        default=0,
+        description="Of those, answered from the result cache (at submit or in a worker).",
+    )
+    tokens: int = Field(
+        default=0,
+        description="Estimated tokens (about four characters each, the estimate batches are "
+        "sized by; not the tokenizer's count) of the inputs a model ran on.",
+    )
+    model_seconds: float = Field(
+        default=0.0,
+        description="Share of the model wall time of the batches the inputs ran in: each "
+        "batch's time split over its inputs by their estimated tokens.",
+    )
+    gpu_model_seconds: float = Field(
+        default=0.0, description="The part of model_seconds spent on GPU workers."
+    )
+    tiers: TierCounts = Field(
+        default_factory=TierCounts, description="Inputs served by each tier of the chain."
+    )
+
+
 class JobSummary(BaseModel):
     id: uuid.UUID
     task: str
@@ -64,6 +97,7 @@ class JobOut(JobSummary):
     counts: Counts
     results: list[ResultOut]
     errors: list[ItemError]
+    usage: Usage = Field(default_factory=Usage)
     webhook: WebhookOut | None = Field(
         default=None, description="Delivery of the job's event; null without a webhook_url."
     )

@@ -17,8 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 
 from api.deps import DatabaseDep
+from core.broker import MAINTENANCE_QUEUE, QUEUES, WEBHOOKS_QUEUE
 from core.inference.availability import TierReports, describe
 from core.inference.registry import all_tasks
+from core.telemetry.backlog import BacklogCollector
+from core.telemetry.drift import collector_for as drift_collector
 
 log = structlog.get_logger(__name__)
 
@@ -79,10 +82,35 @@ def _check_broker(request: Request) -> str:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
+    # The backlog is computed once by the process answering the scrape, in a registry of its
+    # own: never one copy per process added up.
+    scrape = CollectorRegistry(auto_describe=False)
+    scrape.register(_backlog_collector(request))
+    scrape.register(drift_collector(request.app.state))
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # one API process: its own registry
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # The backlog first: a failure it counts shows in this very scrape.
+        body = generate_latest(scrape) + generate_latest()
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
     # `inferq serve --workers N`: every process's samples, added up.
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
+
+
+def _backlog_collector(request: Request) -> BacklogCollector:
+    """This process's collector (it keeps the finishing rate between scrapes)."""
+    state = request.app.state
+    collector: BacklogCollector | None = getattr(state, "backlog_collector", None)
+    if collector is None:
+        settings = state.settings
+        collector = BacklogCollector(
+            state.database,
+            redis_url=settings.broker_url if settings.broker_url.startswith("redis") else None,
+            queues=(*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE),
+            tasks=all_tasks,
+            priorities=QUEUES,
+            cache_seconds=settings.backlog_cache_seconds,
+            rate_window_seconds=settings.backlog_rate_window_seconds,
+        )
+        state.backlog_collector = collector
+    return collector

@@ -1,5 +1,5 @@
 """/v1/models: every task, its fallback chain, each tier's version, circuit state and whether
-some worker cannot load it."""
+some worker cannot load it; /v1/models/{task}/drift: its live window against its reference."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ModelsRead
 from api.routes.jobs import PROBLEMS
 from core.config import Settings
+from core.errors import NotFound
 from core.inference.availability import TierReports, describe
 from core.inference.circuit import Circuits
-from core.inference.registry import all_tasks, tier_version
-from schemas.models import ModelList, TaskOut, TierOut
+from core.inference.registry import all_tasks, task_names, tier_version
+from core.telemetry import drift
+from schemas.models import (
+    DriftOut,
+    DriftReferenceOut,
+    DriftSignalOut,
+    DriftWindowOut,
+    ModelList,
+    TaskOut,
+    TierOut,
+)
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -55,3 +65,36 @@ def _version(task: str, tier: str) -> str | None:
         return tier_version(task, tier)
     except (ImportError, OSError):  # its files live in a package this image does not install
         return None
+
+
+@router.get("/{task}/drift", response_model=DriftOut, responses=PROBLEMS)
+async def read_drift(request: Request, task: str, _caller: ModelsRead) -> DriftOut:
+    """The task's last INFERQ_DRIFT_WINDOW primary-tier results against the reference profile
+    made from held-out data at training time, one signal per method. Needs ``models:read``."""
+    if task not in task_names():
+        raise NotFound(f"no task {task!r}; the tasks are {', '.join(sorted(task_names()))}")
+    settings: Settings = request.app.state.settings
+    try:
+        report = await run_in_threadpool(drift.check, settings, task)
+    except drift.NoProfile as exc:
+        raise NotFound(
+            f"task {task!r} has no drift reference profile: its primary tier carries none, "
+            f"or none was made (inferq models profile {task})"
+        ) from exc
+    return DriftOut(
+        task=task,
+        window=DriftWindowOut(**report.window),
+        reference=DriftReferenceOut(**report.reference),
+        signals=[
+            DriftSignalOut(
+                name=s.name,
+                method=s.method,
+                score=s.score,
+                threshold=s.threshold,
+                drifted=s.drifted,
+            )
+            for s in report.signals
+        ],
+        drifted=report.drifted,
+        checked_at=report.checked_at,
+    )

@@ -148,6 +148,17 @@ class Job(Base):
     )
     batch_seq: Mapped[int | None] = mapped_column(Integer, default=None)
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
+    # What the job used (core.jobs.usage), added in the transactions that record its results:
+    # inputs served, how many came from the cache, estimated tokens and model seconds of the
+    # rest (the part on a GPU worker too: it costs more), and how many each tier served.
+    usage_inputs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    usage_cached: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    usage_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    usage_model_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    usage_gpu_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    usage_primary: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    usage_fallback: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    usage_rules: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     items: Mapped[list[JobItem]] = relationship(
         back_populates="job", order_by="JobItem.index", cascade="all, delete-orphan"

@@ -3,6 +3,11 @@ least padding and per-pass overhead (``plan_passes``), poison inputs isolated by
 tier skipped on an exception, a per-batch deadline, an open circuit or a model that cannot load —
 each skip counted with its reason.
 
+Each batch a tier runs is measured: how long the tier took over it (``inferq_inference_seconds``,
+success or failure), the top score of every output it served (``inferq_model_confidence``, for
+tasks whose outputs carry one) and, on a tier that counts word pieces, how much of its planned
+forward passes is padding (``inferq_padding_ratio``, see ``padding_ratio``).
+
 One engine per worker process. Models are loaded lazily (or by ``warm_up`` in the worker's
 process-init hook), never at import and never in a parent process that later forks. A tier whose
 model cannot load in this process is remembered as down (see ``_Down``) and skipped without
@@ -26,7 +31,12 @@ from core.inference.availability import TierReports
 from core.inference.circuit import Circuits
 from core.inference.registry import TierSpec, adapter_class, get_task, tier_version
 from core.inference.types import Prediction
-from core.telemetry.metrics import FALLBACKS
+from core.telemetry.metrics import (
+    FALLBACKS,
+    INFERENCE_SECONDS,
+    MODEL_CONFIDENCE,
+    PADDING_RATIO,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -242,10 +252,7 @@ class InferenceEngine:
             if attempt is None:
                 self._fell_back(task, tier.tier, "circuit_open", pending, reasons)
                 continue
-            for index, prediction in attempt.done.items():
-                outcomes[index] = Output(
-                    prediction, adapter.name, adapter.version, tier.tier, degraded=position > 0
-                )
+            self._serve(task, tier.tier, adapter, attempt, outcomes, degraded=position > 0)
             for index, error in attempt.failed.items():
                 reasons[index].append(f"{tier.tier}: {error}")
             self._fell_back(task, tier.tier, "exception", list(attempt.failed), reasons, note=False)
@@ -255,6 +262,27 @@ class InferenceEngine:
             outcomes[index] = Failure("; ".join(reasons[index]) or "no tier could run")
         assert len(outcomes) == len(texts), "one outcome per input"
         return [outcomes[i] for i in range(len(texts))]
+
+    def _serve(
+        self,
+        task: str,
+        tier: str,
+        adapter: ModelAdapter,
+        attempt: _Attempt,
+        outcomes: dict[int, Outcome],
+        *,
+        degraded: bool,
+    ) -> None:
+        """The outputs of what this tier did, each top score observed on the way (one histogram
+        child a batch, fetched only when an output has a score: embeddings leave no series)."""
+        observe = None
+        for index, prediction in attempt.done.items():
+            outcomes[index] = Output(
+                prediction, adapter.name, adapter.version, tier, degraded=degraded
+            )
+            if prediction.score is not None:
+                observe = observe or MODEL_CONFIDENCE.labels(task, tier).observe
+                observe(prediction.score)
 
     def _loaded(self, task: str, tier: TierSpec) -> ModelAdapter | TierUnavailable:
         try:
@@ -302,13 +330,17 @@ class InferenceEngine:
         def run_tier() -> None:
             nonlocal ran
             ran = True
-            for batch in self._batches(adapter, texts, indices, policy):
-                if time.monotonic() > deadline:
-                    attempt.skipped.extend(batch)
-                    continue
-                self._run_split(adapter, texts, batch, attempt)
-            if not attempt.done and (attempt.failed or attempt.skipped):
-                raise TierFailed(f"{tier.tier} produced no result for {len(indices)} inputs")
+            started = time.perf_counter()
+            try:
+                for batch in self._batches(task, adapter, texts, indices, policy):
+                    if time.monotonic() > deadline:
+                        attempt.skipped.extend(batch)
+                        continue
+                    self._run_split(adapter, texts, batch, attempt)
+                if not attempt.done and (attempt.failed or attempt.skipped):
+                    raise TierFailed(f"{tier.tier} produced no result for {len(indices)} inputs")
+            finally:
+                INFERENCE_SECONDS.labels(task, tier.tier).observe(time.perf_counter() - started)
 
         try:
             if self.circuits is None:
@@ -327,11 +359,22 @@ class InferenceEngine:
         return attempt
 
     def _batches(
-        self, adapter: ModelAdapter, texts: Sequence[str], indices: list[int], policy: BatchPolicy
+        self,
+        task: str,
+        adapter: ModelAdapter,
+        texts: Sequence[str],
+        indices: list[int],
+        policy: BatchPolicy,
     ) -> list[list[int]]:
-        """The inputs ``indices`` as forward passes planned by ``plan_passes``."""
-        lengths = _token_lengths(adapter, [texts[i] for i in indices])
-        return [[indices[p] for p in passes] for passes in plan_passes(lengths, policy)]
+        """The inputs ``indices`` as forward passes planned by ``plan_passes``; the plan's padding
+        is observed when the tier counted the word pieces (an estimate says nothing of it)."""
+        selected = [texts[i] for i in indices]
+        counted = _counted_tokens(adapter, selected)
+        lengths = counted if counted is not None else _estimated_tokens(selected)
+        planned = plan_passes(lengths, policy)
+        if counted:  # None for a tier that does not tokenise; never an empty batch
+            PADDING_RATIO.labels(task).observe(padding_ratio(counted, planned))
+        return [[indices[p] for p in passes] for passes in planned]
 
     def _run_split(
         self, adapter: ModelAdapter, texts: Sequence[str], batch: list[int], attempt: _Attempt
@@ -354,12 +397,30 @@ class InferenceEngine:
         attempt.done.update(zip(batch, predictions, strict=True))
 
 
-def _token_lengths(adapter: ModelAdapter, texts: list[str]) -> list[int]:
+def _counted_tokens(adapter: ModelAdapter, texts: list[str]) -> list[int] | None:
+    """Word pieces per text from a tier that tokenises (the transformer tiers), else None."""
     counter = getattr(adapter, "count_tokens", None)
     if callable(counter):
         return [int(n) for n in counter(texts)]
+    return None
+
+
+def _estimated_tokens(texts: list[str]) -> list[int]:
     # Tiers without a tokenizer: about four characters a token, plus [CLS] and [SEP].
     return [len(text) // 4 + 2 for text in texts]
+
+
+def padding_ratio(lengths: Sequence[int], passes: Sequence[Sequence[int]]) -> float:
+    """Padded tokens per real token of these planned passes: each pass pads its rows to its
+    longest input (the last: ``plan_passes`` orders a pass shortest first), so 1.0 is no padding.
+
+    It is the plan, which is what runs unless a pass fails and is split (its halves pad less),
+    the deadline skips a pass, or the adapter cuts a pass of more than its own batch size (the
+    defaults, 64 and 64, never do). One step per pass, not per input."""
+    real = sum(lengths)
+    if real <= 0:
+        return 1.0
+    return sum(len(rows) * lengths[rows[-1]] for rows in passes if rows) / real
 
 
 def plan_passes(lengths: Sequence[int], policy: BatchPolicy) -> list[list[int]]:

@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from core.config import Settings
 from core.db.bulk import among, insert_rows
@@ -57,11 +57,13 @@ from core.jobs.state import (
     settled_job_status,
 )
 from core.jobs.submit import PRIORITIES, cached_outputs, input_hash
+from core.jobs.usage import batch_usage
 from core.jobs.validation import check_metadata, check_task, check_webhook_url
 from core.security import audit
 from core.security.quotas import PendingQuota
 from core.webhooks import deliveries
 from schemas.batches import BatchOut, RequestCounts
+from schemas.jobs import Usage
 
 # A window is written early once its texts reach this many characters (long texts, few lines).
 WINDOW_TEXT_CHARS = 8_000_000
@@ -518,7 +520,10 @@ _UNFINISHED = (ItemStatus.QUEUED, ItemStatus.RUNNING)
 
 
 def batch_out(batch: Batch, public_url: str = "") -> BatchOut:
+    """The batch as GET returns it; its usage is summed over its jobs through the session it
+    was read in (none attached: a detached copy, shown without usage)."""
     done = batch.completed + batch.failed + batch.cancelled
+    session = object_session(batch)
     return BatchOut(
         id=batch.id,
         task=batch.task,
@@ -543,6 +548,7 @@ def batch_out(batch: Batch, public_url: str = "") -> BatchOut:
         cancelled_at=batch.cancelled_at,
         metadata=batch.metadata_,
         results_url=f"{public_url.rstrip('/')}/v1/batches/{batch.id}/results",
+        usage=batch_usage(session, batch.id) if session is not None else Usage(),
     )
 
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy.orm import Session
@@ -20,9 +20,16 @@ from core.config import Settings
 from core.db.session import Database, after_commit, retry_transient
 from core.inference.cache import CachedResult, RedisCache, lookup
 from core.inference.engine import Failure, InferenceEngine, Outcome, Output
-from core.jobs import batches, outbox
+from core.jobs import batches, outbox, usage
 from core.jobs.lifecycle import Claim, ClaimedItem, claim_many, record_many, release_items
-from core.telemetry.metrics import BATCH_ITEMS, BATCH_SECONDS, ITEMS_FINISHED
+from core.telemetry import drift, gpu
+from core.telemetry.metrics import (
+    BATCH_ITEMS,
+    BATCH_SECONDS,
+    ITEMS_FINISHED,
+    MODEL_SECONDS,
+    WORKER_BUSY_SECONDS,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +59,22 @@ class RunReport:
     written: int
     cached: int
     retried: int
+    model_seconds: float = 0.0  # wall time of the batch's model calls
+
+
+@dataclass
+class _Resolved:
+    """What the model calls of a batch gave: outcomes and each model-run item's share of its
+    call (both by item id), and the calls' wall time."""
+
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
+    shares: dict[int, usage.ModelShare] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def update(self, other: _Resolved) -> None:
+        self.outcomes.update(other.outcomes)
+        self.shares.update(other.shares)
+        self.seconds += other.seconds
 
 
 def run_items(worker: Worker, job_id: uuid.UUID, item_ids: Sequence[int]) -> RunReport:
@@ -59,11 +82,21 @@ def run_items(worker: Worker, job_id: uuid.UUID, item_ids: Sequence[int]) -> Run
 
 
 def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
+    # The first batch of a pool process starts its GPU sampler (after the fork; none on CPU).
+    gpu.start_sampling()
+    started = time.perf_counter()
+    try:
+        return _run_batch(worker, deliveries)
+    finally:
+        WORKER_BUSY_SECONDS.inc(time.perf_counter() - started)
+
+
+def _run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
     claims = retry_transient(lambda: _claim(worker, deliveries))
     if not claims:
         return RunReport(0, 0, 0, 0)
     started = time.perf_counter()
-    outcomes: dict[int, Outcome] = {}
+    resolved = _Resolved()
     # Interactive claims first: within a batch they reach the model before bulk work.
     for priority in ("interactive", "bulk"):
         by_task: dict[str, list[ClaimedItem]] = defaultdict(list)
@@ -71,8 +104,9 @@ def run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
             if claim.priority == priority:
                 by_task[claim.task].extend(claim.items)
         for task, items in by_task.items():
-            outcomes.update(_resolve(worker, task, items))
-    report = retry_transient(lambda: _record(worker, claims, outcomes))
+            resolved.update(_resolve(worker, task, items))
+    report = retry_transient(lambda: _record(worker, claims, resolved))
+    drift.observe(worker.settings, claims, resolved.outcomes)  # after the commit: served
     finished_in = sorted({claim.batch_id for claim in claims if claim.batch_id is not None})
     if finished_in:  # their batches have room for more jobs now
         retry_transient(lambda: _top_up(worker, finished_in))
@@ -112,7 +146,7 @@ def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:
     return [claims[job_id] for job_id in sorted(claims) if claims[job_id].items]
 
 
-def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> dict[int, Outcome]:
+def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> _Resolved:
     """Outcomes by item id: cache hits first (L1 Redis, then L3 stored results), then the
     fallback chain for the rest. The cache is skipped when the primary tier's version is
     unknown (it cannot load here and its files do not tell)."""
@@ -129,12 +163,29 @@ def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> dict[int, O
             outcomes[item.id] = Output(
                 hit.prediction, hit.model, hit.version, "primary", degraded=False, cached=True
             )
-    if misses:
-        started = time.perf_counter()
-        results = worker.engine.run(task, [item.text for item in misses])
-        BATCH_SECONDS.labels(task).observe(time.perf_counter() - started)
-        outcomes.update(zip((item.id for item in misses), results, strict=True))
-    return outcomes
+    if not misses:
+        return _Resolved(outcomes)
+    started = time.perf_counter()
+    results = worker.engine.run(task, [item.text for item in misses])
+    seconds = time.perf_counter() - started
+    BATCH_SECONDS.labels(task).observe(seconds)
+    outcomes.update(zip((item.id for item in misses), results, strict=True))
+    tokens = [outbox.estimate_tokens(item.text) for item in misses]
+    parts = usage.shares(seconds, tokens, gpu=gpu.on_gpu(worker.engine.device))
+    _count_model_seconds(task, results, parts)
+    return _Resolved(outcomes, {item.id: p for item, p in zip(misses, parts, strict=True)}, seconds)
+
+
+def _count_model_seconds(
+    task: str, results: Sequence[Outcome], parts: Sequence[usage.ModelShare]
+) -> None:
+    """The call's wall time under the tier that served each input, by its share ("none":
+    the input failed): the engine does not say how long each tier took."""
+    by_tier: dict[str, float] = defaultdict(float)
+    for outcome, part in zip(results, parts, strict=True):
+        by_tier[outcome.tier if isinstance(outcome, Output) else "none"] += part.seconds
+    for tier, seconds in by_tier.items():
+        MODEL_SECONDS.labels(task, tier).inc(seconds)
 
 
 def _cached(worker: Worker, task: str, version: str, hashes: list[str]) -> dict[str, CachedResult]:
@@ -142,8 +193,9 @@ def _cached(worker: Worker, task: str, version: str, hashes: list[str]) -> dict[
         return lookup(session, worker.cache, task, version, hashes)
 
 
-def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -> RunReport:
+def _record(worker: Worker, claims: list[Claim], resolved: _Resolved) -> RunReport:
     settings = worker.settings
+    outcomes = resolved.outcomes
     cached = retried = 0
     fresh: dict[str, list[tuple[str, CachedResult]]] = defaultdict(list)
     with worker.database.transaction() as session:
@@ -163,7 +215,7 @@ def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -
                             CachedResult(output.model, output.version, output.prediction),
                         )
                     )
-        written = sum(record_many(session, done).values())
+        written = sum(record_many(session, done, resolved.shares).values())
         for claim in sorted(claims, key=lambda c: c.job_id):
             failed = {
                 item.id: o.reason
@@ -173,7 +225,8 @@ def _record(worker: Worker, claims: list[Claim], outcomes: dict[int, Outcome]) -
             retried += _release(session, settings, claim, failed)
         if worker.cache is not None and fresh:
             after_commit(session, _fill_l1(worker.cache, fresh))
-    return RunReport(sum(len(c.items) for c in claims), written, cached, retried)
+    claimed = sum(len(c.items) for c in claims)
+    return RunReport(claimed, written, cached, retried, resolved.seconds)
 
 
 def _fill_l1(

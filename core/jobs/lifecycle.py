@@ -25,7 +25,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from core.db.bulk import among, insert_rows
 from core.db.models import Job, JobItem, Result, utcnow
 from core.inference.engine import Output
-from core.jobs import outbox
+from core.jobs import outbox, usage
 from core.jobs.batch_counts import Tally
 from core.jobs.finished import announce_finished_many
 from core.jobs.state import (
@@ -212,11 +212,14 @@ def record_results(
 def record_many(
     session: Session,
     outcomes: Mapping[uuid.UUID, Sequence[tuple[ClaimedItem, Output]]],
+    shares: Mapping[int, usage.ModelShare] | None = None,
 ) -> dict[uuid.UUID, int]:
     """Write one result per finished item (idempotent) and mark the items succeeded, for every
-    job of a batch at once; then settle the jobs whose items are all terminal.
+    job of a batch at once; add the jobs' usage (``shares``: each item's part of its model
+    call, by item id); then settle the jobs whose items are all terminal.
 
-    Returns how many results this call wrote per job; a duplicate delivery writes none."""
+    Returns how many results this call wrote per job; a duplicate delivery writes none, and
+    adds no usage."""
     jobs = lock_jobs(session, outcomes)
     by_id = {
         claimed.id: (claimed, output) for job_id in jobs for claimed, output in outcomes[job_id]
@@ -228,6 +231,11 @@ def record_many(
         if item.status not in TERMINAL_ITEM
     ]
     _insert_result_rows(session, [(jobs[item.job_id], *by_id[item.id]) for item in live], utcnow())
+    shares = shares or {}
+    usage.add_usage(
+        session,
+        usage.deltas((item.job_id, by_id[item.id][1], shares.get(item.id)) for item in live),
+    )
     for item in live:
         item_transition(item.status, ItemStatus.SUCCEEDED)
     _set_items(
@@ -353,8 +361,10 @@ def _result_row(claimed: ClaimedItem, output: Output) -> dict[str, Any]:
 def insert_cached_results(
     session: Session, outcomes: Sequence[tuple[Job, ClaimedItem, Output]]
 ) -> None:
-    """Result rows of inputs answered from the cache at submit (see ``_insert_result_rows``)."""
+    """Result rows of inputs answered from the cache at submit (see ``_insert_result_rows``),
+    and their jobs' usage."""
     _insert_result_rows(session, outcomes, utcnow())
+    usage.add_usage(session, usage.deltas((job.id, output, None) for job, _, output in outcomes))
 
 
 def _insert_result_rows(

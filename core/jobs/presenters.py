@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core.db.models import Job
 from core.inference.engine import Output
 from core.jobs.state import ItemStatus
+from core.jobs.usage import job_usage
 from schemas.jobs import Counts, ItemError, JobOut, JobSummary, ResultOut
 
 if TYPE_CHECKING:
@@ -102,5 +103,6 @@ def job_out(view: JobView) -> JobOut:
             for item in view.items
             if item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED)
         ],
+        usage=job_usage(view.job, (item.result for item in view.items)),
         webhook=view.webhook,
     )

@@ -67,3 +67,70 @@ KAFKA_PAUSED_PARTITIONS = Gauge(
     "its quota",
     multiprocess_mode="livesum",
 )
+
+# Cost and idle capacity (core.jobs.execute, core.telemetry.gpu). Model seconds are a batch's
+# model wall time split over its inputs by estimated tokens, each share counted under the tier
+# that served the input ("none": the input failed), so the tiers add up to the wall time.
+MODEL_SECONDS = Counter(
+    "inferq_model_seconds_total",
+    "Model wall seconds, by task and the tier that served the inputs they were spent on",
+    ["task", "tier"],
+)
+# utilisation = rate(inferq_worker_busy_seconds_total[5m]) / pool processes (see the README).
+WORKER_BUSY_SECONDS = Counter(
+    "inferq_worker_busy_seconds_total",
+    "Seconds pool processes spent running batches (claim, cache, model, record)",
+)
+GPU_UTILISATION = Gauge(
+    "inferq_gpu_utilisation_ratio",
+    "Share of the last sample period the GPU was busy (NVML), only where a GPU is present",
+    ["gpu"],
+    multiprocess_mode="livemax",
+)
+
+# The backlog collector (core.telemetry.backlog): refreshes whose source could not be read, so
+# the backlog families were left out of that scrape.
+BACKLOG_READ_ERRORS = Counter(
+    "inferq_backlog_read_errors_total",
+    "Backlog refreshes that could not read their source (database or redis)",
+    ["source"],
+)
+
+# Model signals (core.inference.engine): what each tier served, how long one tier's call on a
+# batch took, and how much of a transformer batch was padding.
+MODEL_CONFIDENCE = Histogram(
+    "inferq_model_confidence",
+    "Top score of each output a tier served (tasks whose outputs carry a score)",
+    ["task", "tier"],
+    buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+)
+INFERENCE_SECONDS = Histogram(
+    "inferq_inference_seconds",
+    "Time one tier took over one batch (every forward pass and split), success or failure",
+    ["task", "tier"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PADDING_RATIO = Histogram(
+    "inferq_padding_ratio",
+    "Padded tokens (rows x longest input, summed over the forward passes) per real token of one "
+    "batch on a tier that counts tokens (the transformer tiers); 1 means no padding",
+    ["task"],
+    buckets=(1.0, 1.05, 1.1, 1.2, 1.3, 1.5, 2.0, 3.0, 5.0),
+)
+
+# The Kafka door (producers.kafka_lag): records of each assigned partition not yet read.
+KAFKA_CONSUMER_LAG = Gauge(
+    "inferq_kafka_consumer_lag",
+    "High watermark minus this consumer's position (its committed offset before it has one), "
+    "per assigned partition of the requests topic",
+    ["topic", "partition"],
+    multiprocess_mode="livesum",
+)
+
+# The webhook sender (core.webhooks.send): deliveries by what an attempt left them in.
+WEBHOOK_DELIVERIES = Counter(
+    "inferq_webhook_deliveries_total",
+    "Webhook delivery outcomes: delivered, retrying (an attempt failed, another is scheduled) "
+    "or failed (gave up)",
+    ["outcome"],
+)

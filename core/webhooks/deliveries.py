@@ -10,6 +10,9 @@ one), whose message was lost with Redis, or whose attempt died with its worker.
 
 Retries follow ``INFERQ_WEBHOOK_RETRY_SCHEDULE`` (Svix's by default) with ±10 % jitter; after the
 last, the delivery is ``failed``. ``410 Gone`` and a blocked address fail it at once.
+
+Each status an attempt leaves is counted on ``inferq_webhook_deliveries_total`` once it has
+committed: ``delivered``, ``retrying`` (failing, another attempt scheduled) or ``failed``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from core.db.models import Batch, Job, WebhookDelivery, utcnow
 from core.db.session import after_commit
 from core.errors import InvalidTransition, NotFound
 from core.jobs.state import TERMINAL_JOB, JobStatus
+from core.telemetry.metrics import WEBHOOK_DELIVERIES
 from schemas.webhooks import WebhookOut
 
 log = structlog.get_logger(__name__)
@@ -54,6 +58,13 @@ class DeliveryStatus(StrEnum):
 
 
 OPEN = (DeliveryStatus.PENDING, DeliveryStatus.FAILING)
+
+# The outcome label of inferq_webhook_deliveries_total for each status an attempt can leave.
+OUTCOMES = {
+    DeliveryStatus.DELIVERED: "delivered",
+    DeliveryStatus.FAILING: "retrying",
+    DeliveryStatus.FAILED: "failed",
+}
 
 
 def add_job_event(session: Session, job: Job) -> None:
@@ -189,6 +200,7 @@ def claim(session: Session, settings: Settings, delivery_id: int) -> Attempt | N
     schedule = settings.webhook_schedule
     if row.attempts >= len(schedule):  # its last attempt died with a worker
         _finish(row, DeliveryStatus.FAILED, row.last_status_code, _gave_up(row, "lost"))
+        _count_after_commit(session, row.status)
         return None
     row.attempts += 1
     row.lease_token = uuid.uuid4().hex
@@ -249,7 +261,13 @@ def record(
         _finish(row, DeliveryStatus.FAILING, outcome.status_code, outcome.error)
         delay = schedule[row.attempts] * (1 + jitter())
         row.next_attempt_at = utcnow() + timedelta(seconds=delay)
+    _count_after_commit(session, row.status)
     return row.status
+
+
+def _count_after_commit(session: Session, status: str) -> None:
+    """Counted once the status is durable: a rolled-back attempt is made again, not counted."""
+    after_commit(session, WEBHOOK_DELIVERIES.labels(OUTCOMES[DeliveryStatus(status)]).inc)
 
 
 def _finish(row: WebhookDelivery, status: str, code: int | None, error: str | None) -> None:

@@ -1007,16 +1007,69 @@ def triggers_of(name: str, trigger_type: str) -> list[dict[str, str]]:
     return [t["metadata"] for t in so["spec"]["triggers"] if t["type"] == trigger_type]
 
 
-def test_worker_scales_on_both_queue_lists_and_on_the_exported_backlog() -> None:
+def aggregations(expr: str) -> list[promql_parser.AggregateExpr]:
+    """The aggregations of an expression, outermost first."""
+    found: list[promql_parser.AggregateExpr] = []
+
+    def visit(node: object) -> bool:
+        if isinstance(node, promql_parser.AggregateExpr):
+            found.append(node)
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def backlog_seconds_trigger(name: str, priority: str) -> dict[str, str]:
+    """The one prometheus trigger of ScaledObject `name` on this priority's backlog-seconds,
+    checked to aggregate the way the collector needs: every API pod scraped reports the same
+    value, so pods are folded with `max by (task, priority)` (a sum would count the backlog once
+    per pod), then the worst task, leaving one series."""
+    found = [
+        t
+        for t in triggers_of(name, "prometheus")
+        if "inferq_backlog_seconds" in metric_names(t["query"])
+        and matcher_values(t["query"], "priority") == {priority}
+    ]
+    assert len(found) == 1, f"{name}: want one backlog-seconds trigger for {priority}: {found}"
+    (trigger,) = found
+    query = trigger["query"]
+    assert metric_names(query) == {"inferq_backlog_seconds"}, query
+    ops = aggregations(query)
+    assert ops and all(str(op.op) == "max" for op in ops), f"only max over pods: {query}"
+    innermost = ops[-1]
+    assert isinstance(innermost.expr, promql_parser.VectorSelector), query
+    assert str(innermost.modifier.type).endswith("By"), query
+    assert set(innermost.modifier.labels) == {"task", "priority"}, query
+    outer_labels = {label for op in ops[:-1] for label in op.modifier.labels}
+    assert outer_labels <= {"priority"}, f"one series per trigger: {query}"
+    assert trigger.get("ignoreNullValues") == "false", "a missing series must not scale down"
+    return trigger
+
+
+def test_worker_scales_on_both_queue_lists_and_on_backlog_seconds_per_priority() -> None:
     assert named("ScaledObject", "inferq-worker")["spec"]["scaleTargetRef"]["name"] == (
         "inferq-worker"
     )
     redis = triggers_of("inferq-worker", "redis")
     assert sorted(t["listName"] for t in redis) == sorted(WORKER_QUEUES)
     assert all(t.get("databaseIndex", "0") == "0" for t in redis), "Celery queues live in db 0"
-    (prometheus,) = triggers_of("inferq-worker", "prometheus")
-    assert "inferq_backlog_items" in metric_names(prometheus["query"])
-    float(prometheus["threshold"])
+    interactive = backlog_seconds_trigger("inferq-worker", "interactive")
+    bulk = backlog_seconds_trigger("inferq-worker", "bulk")
+    assert float(interactive["threshold"]) == 30, "the interactive target is 30 s"
+    assert float(bulk["threshold"]) > float(interactive["threshold"])
+    names = {t["name"] for t in named("ScaledObject", "inferq-worker")["spec"]["triggers"]}
+    assert "backlog-items" not in names, "the queue-labelled backlog-items trigger is gone"
+
+
+def test_gpu_workers_scale_from_zero_on_the_bulk_backlog() -> None:
+    so = named("ScaledObject", "inferq-worker-gpu")
+    assert so["spec"]["scaleTargetRef"]["name"] == "inferq-worker-gpu"
+    assert so["spec"]["minReplicaCount"] == 0
+    (trigger,) = so["spec"]["triggers"]
+    bulk = backlog_seconds_trigger("inferq-worker-gpu", "bulk")
+    assert trigger["metadata"] == bulk
+    assert float(bulk["activationThreshold"]) > 0, "a small backlog must not wake a GPU"
 
 
 def test_ingest_scales_on_its_consumer_group_lag_up_to_the_partition_count() -> None:
@@ -1089,6 +1142,37 @@ def test_prometheus_scrapes_metrics_of(job: str, target: str) -> None:
     assert config.get("metrics_path", "/metrics") == "/metrics"
 
 
+def test_flower_runs_inferq_flower_behind_a_login_and_purges_offline_workers() -> None:
+    """Flower serves /metrics without its login, so the `flower` scrape job needs none; the UI
+    and API take the login from INFERQ_FLOWER_BASIC_AUTH (compose: the environment, Kubernetes:
+    Secret inferq-flower, which no other pod reads)."""
+    flower = services()["flower"]
+    command = command_of(flower)
+    assert command[:2] == ["inferq", "flower"]
+    assert f"flower:{command[command.index('--port') + 1]}" in job_targets(scrape_job("flower"))
+    assert int(command[command.index("--purge-offline-workers") + 1]) > 0
+    assert ":" in env_of(flower)["INFERQ_FLOWER_BASIC_AUTH"], "user:password"
+    assert "basic_auth" not in scrape_job("flower")
+
+    (container,) = containers(named("Deployment", "inferq-flower"))
+    args = container["args"]
+    assert args[:2] == ["inferq", "flower"]
+    assert int(args[args.index("--purge-offline-workers") + 1]) > 0
+    env = {item["name"]: item for item in container.get("env", [])}
+    ref = env["INFERQ_FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "inferq-flower"
+    assert ":" in named("Secret", "inferq-flower")["stringData"][ref["key"]], "user:password"
+    others = [
+        source["secretRef"]["name"]
+        for workload in workloads()
+        if workload["metadata"]["name"] != "inferq-flower"
+        for c in containers(workload)
+        for source in c.get("envFrom", [])
+        if "secretRef" in source
+    ]
+    assert "inferq-flower" not in others, "only Flower may read its login"
+
+
 def test_prometheus_jobs_are_unique_and_rule_files_exist() -> None:
     names = [job["job_name"] for job in prometheus_config()["scrape_configs"]]
     assert len(names) == len(set(names))
@@ -1125,17 +1209,64 @@ def alerts_using(metric: str) -> list[dict[str, Any]]:
     return [rule for rule in alert_rules() if metric in metric_names(rule["expr"])]
 
 
-def test_alerts_cover_backlog_growth_and_oldest_item_age() -> None:
+def test_alerts_cover_backlog_growth_and_backlog_seconds_per_task_and_priority() -> None:
     growing = alerts_using("inferq_backlog_items")
     assert any("deriv(" in r["expr"] or "delta(" in r["expr"] for r in growing), growing
-    aged = alerts_using("inferq_backlog_seconds")
-    assert set(WORKER_QUEUES) <= {q for r in aged for q in matcher_values(r["expr"], "queue")}
+    slow = alerts_using("inferq_backlog_seconds")
+    assert "interactive" in {p for r in slow for p in matcher_values(r["expr"], "priority")}
+
+
+API_GAUGES = (
+    "inferq_backlog_items",
+    "inferq_backlog_seconds",
+    "inferq_oldest_pending_seconds",
+    "inferq_webhook_backlog",
+    "inferq_drift_detected",
+)
+
+
+def aggregations_over(expr: str, metric: str) -> list[str]:
+    """The aggregation operators applied directly (through functions) to `metric`'s selector."""
+    found: list[str] = []
+
+    def visit(node: object) -> bool:
+        if isinstance(node, promql_parser.AggregateExpr):
+            inner = node.expr
+            while isinstance(inner, promql_parser.Call):
+                inner = inner.args[0]
+            if isinstance(inner, promql_parser.MatrixSelector):
+                inner = inner.vector_selector
+            if isinstance(inner, promql_parser.VectorSelector) and inner.name == metric:
+                found.append(str(node.op))
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+@pytest.mark.parametrize("metric", API_GAUGES)
+def test_alerts_take_the_max_of_gauges_every_api_instance_reports(metric: str) -> None:
+    """Each API instance computes the same value from PostgreSQL: a sum would multiply it."""
+    rules = alerts_using(metric)
+    assert rules, f"no alert watches {metric}"
+    for rule in rules:
+        operators = aggregations_over(rule["expr"], metric)
+        assert operators, f"{rule['alert']}: {metric} is not aggregated across API instances"
+        assert all(op == "max" for op in operators), f"{rule['alert']}: {operators}"
+        assert not matcher_values(rule["expr"], "queue"), "backlog gauges have no queue label"
 
 
 def test_alerts_cover_degraded_share_and_failure_rate() -> None:
     finished = alerts_using("inferq_items_finished_total")
     assert any("primary" in matcher_values(r["expr"], "tier") for r in finished), "degraded"
     assert any("failed" in matcher_values(r["expr"], "outcome") for r in finished), "failures"
+
+
+def test_alerts_cover_given_up_webhooks_and_kafka_lag_per_topic() -> None:
+    deliveries = alerts_using("inferq_webhook_deliveries_total")
+    assert any("failed" in matcher_values(r["expr"], "outcome") for r in deliveries)
+    (lag,) = alerts_using("inferq_kafka_consumer_lag")
+    assert "by (topic)" in lag["expr"].replace("  ", " "), lag["expr"]
 
 
 def test_worker_down_alerts_watch_jobs_that_are_scraped() -> None:
@@ -1172,7 +1303,17 @@ def test_dashboard_queries_parse_and_panels_are_laid_out() -> None:
             assert variable["definition"].startswith("label_values(")
 
 
-def test_dashboard_shows_backlog_tiers_and_batch_latency() -> None:
+def test_dashboard_panels_do_not_overlap() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]
+
+
+def test_dashboard_shows_every_operating_signal() -> None:
     used = {
         name
         for panel in dashboard()["panels"]
@@ -1182,7 +1323,31 @@ def test_dashboard_shows_backlog_tiers_and_batch_latency() -> None:
     expected = {
         "inferq_backlog_items",
         "inferq_backlog_seconds",
+        "inferq_oldest_pending_seconds",
+        "inferq_queue_messages",
         "inferq_items_finished_total",
         "inferq_batch_seconds_bucket",
+        "inferq_inference_seconds_bucket",
+        "inferq_model_confidence_bucket",
+        "inferq_padding_ratio_bucket",
+        "inferq_model_seconds_total",
+        "inferq_worker_busy_seconds_total",
+        "inferq_drift_score",
+        "inferq_drift_detected",
+        "inferq_webhook_deliveries_total",
+        "inferq_webhook_backlog",
+        "inferq_kafka_consumer_lag",
+        "inferq_rate_limited_total",
+        "inferq_quota_refused_total",
     }
     assert expected <= used, expected - used
+
+
+def test_dashboard_backlog_panels_filter_by_task_and_priority_not_queue() -> None:
+    variables = {v["name"] for v in dashboard()["templating"]["list"]}
+    assert {"task", "priority"} <= variables and "queue" not in variables
+    for panel in dashboard()["panels"]:
+        for target in panel["targets"]:
+            expr = grafana_to_promql(target["expr"])
+            if "inferq_backlog_items" in metric_names(expr):
+                assert not matcher_values(expr, "queue"), panel["title"]

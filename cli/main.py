@@ -40,6 +40,9 @@ app.command("usage")(usage.usage)
 app.command("status")(status.status)
 app.add_typer(models_app, name="models")
 models_app.command("profile")(models_ops.profile)
+models_app.command("train")(models_ops.train)
+models_app.command("evaluate")(models_ops.evaluate)
+models_app.command("calibrate")(models_ops.calibrate)
 nightly_app = typer.Typer(help="The nightly inbox (INFERQ_INBOX_DIR).", no_args_is_help=True)
 app.add_typer(nightly_app, name="nightly")
 app.add_typer(remote.app, name="batches")
@@ -384,68 +387,6 @@ def models_list() -> None:
     for spec in all_tasks().values():
         for tier in spec.chain:
             table.add_row(spec.name, tier.tier, tier.adapter, spec.description)
-    Console(width=140).print(table)
-
-
-@models_app.command("train")
-def models_train(
-    task: Annotated[str, typer.Argument(help="Task whose models to train.")] = "sentiment",
-    out_dir: Annotated[
-        Path | None, typer.Option(help="Write artefacts here, not in place.")
-    ] = None,
-) -> None:
-    """Train a task's learned tiers from the data in data/ (seeded, so reproducible)."""
-    from core.inference import light, training, transformer
-    from core.inference.evaluation import DEFAULT_SST2_DIR
-
-    _setup(quiet_logs=True)
-    if task != "sentiment":
-        raise typer.BadParameter(f"only 'sentiment' has trainable models, not {task!r}")
-    light_dir = out_dir / "sentiment-light" if out_dir else light.DEFAULT_LIGHT_ARTEFACT_DIR
-    path = light.train_light_sentiment(DEFAULT_SST2_DIR, light_dir)
-    console.print(f"fallback (TF-IDF + logistic regression) written to {path}")
-    primary_dir = out_dir / "sentiment" if out_dir else transformer.SENTIMENT_ARTEFACT_DIR
-    path = training.train_sentiment(DEFAULT_SST2_DIR, primary_dir, progress=console.print)
-    console.print(f"primary (MiniLM + LoRA) written to {path}")
-    if out_dir is not None:  # the profile is made from the served artefacts, not these
-        console.print("drift profiles not made: install the artefacts, then `models profile`")
-        return
-    from core.inference.drift_profile import profile_task
-
-    # The drift reference of what was just trained, from held-out data it never saw.
-    profile_task(task, device=get_settings().device, progress=console.print)
-
-
-@models_app.command("evaluate")
-def models_evaluate(
-    task: Annotated[str, typer.Argument(help="Task to evaluate.")] = "sentiment",
-) -> None:
-    """Print SST-2 test accuracy of every tier of the sentiment chain."""
-    import importlib
-
-    from core.inference.evaluation import DEFAULT_SST2_DIR, evaluate_adapter
-    from core.inference.registry import get_task
-
-    settings = _setup(quiet_logs=True)
-    if task != "sentiment":
-        raise typer.BadParameter(f"only 'sentiment' has an evaluation set, not {task!r}")
-    table = Table("task", "tier", "model", "version", "precision", "accuracy", "n", "texts/s")
-    for tier in get_task(task).chain:
-        module_name, class_name = tier.adapter.split(":")
-        adapter = getattr(importlib.import_module(module_name), class_name).load(
-            device=settings.device
-        )
-        report = evaluate_adapter(adapter, DEFAULT_SST2_DIR)
-        table.add_row(
-            task,
-            tier.tier,
-            adapter.name,
-            adapter.version,
-            getattr(adapter, "precision", "-"),  # torch tiers only
-            f"{report['accuracy']:.4f}",
-            str(report["n"]),
-            f"{report['texts_per_second']:,.0f}",
-        )
     Console(width=140).print(table)
 
 

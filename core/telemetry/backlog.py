@@ -152,6 +152,19 @@ class FinishingRate:
         return self.rates.get(key)
 
 
+def age_seconds(first: datetime | None, now: datetime) -> float:
+    """How long ago ``first`` was (0 when there is nothing pending)."""
+    return max(0.0, (now - first).total_seconds()) if first is not None else 0.0
+
+
+def queue_lengths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:
+    """Messages waiting in each Celery queue (Redis list lengths), in one round trip."""
+    pipeline = client.pipeline(transaction=False)
+    for queue in queues:
+        pipeline.llen(queue)
+    return dict(zip(queues, (int(length) for length in pipeline.execute()), strict=True))
+
+
 def backlog_seconds(items: int, rate: float | None, oldest_age: float) -> float:
     """Time to drain ``items`` at ``rate``; the oldest item's age while the rate is 0 or
     unknown (see the module docstring for why)."""
@@ -249,8 +262,7 @@ class BacklogCollector(Collector):
         wall = datetime.now(UTC)
         for key in keys:
             count = reading.backlog.get(key, 0)
-            first = reading.oldest.get(key)
-            age = max(0.0, (wall - first).total_seconds()) if first is not None else 0.0
+            age = age_seconds(reading.oldest.get(key), wall)
             items.add_metric(list(key), count)
             oldest.add_metric(list(key), age)
             drain.add_metric(list(key), backlog_seconds(count, self._rate.get(key), age))
@@ -264,10 +276,7 @@ class BacklogCollector(Collector):
         if self._redis is None:  # embedded mode: no Redis lists to read
             return []
         try:
-            pipeline = self._redis.pipeline(transaction=False)
-            for queue in self._queues:
-                pipeline.llen(queue)
-            lengths = pipeline.execute()
+            lengths = queue_lengths(self._redis, self._queues)
         except redis.RedisError as exc:
             BACKLOG_READ_ERRORS.labels("redis").inc()
             log.warning("backlog_unreadable", source="redis", error=repr(exc))
@@ -277,6 +286,6 @@ class BacklogCollector(Collector):
             "Messages waiting in a Celery queue (Redis list length)",
             labels=["queue"],
         )
-        for queue, length in zip(self._queues, lengths, strict=True):
-            family.add_metric([queue], int(length))
+        for queue, length in lengths.items():
+            family.add_metric([queue], length)
         return [family]

@@ -22,7 +22,14 @@ from core.db.models import Result, WebhookDelivery, utcnow
 from core.db.session import Database
 from core.inference.circuit import CircuitPolicy, Circuits
 from core.inference.registry import all_tasks
-from core.telemetry.backlog import FinishingRate, Key, backlog_seconds, read_database
+from core.telemetry.backlog import (
+    FinishingRate,
+    Key,
+    age_seconds,
+    backlog_seconds,
+    queue_lengths,
+    read_database,
+)
 
 WORKER_PING_SECONDS = 5.0  # how often workers are pinged (a ping waits up to a second)
 RATE_WINDOW_SECONDS = 30.0
@@ -115,8 +122,7 @@ class StatusReader:
         rows = []
         for key in keys:
             items = reading.backlog.get(key, 0)
-            first = reading.oldest.get(key)
-            age = max(0.0, (wall - first).total_seconds()) if first is not None else 0.0
+            age = age_seconds(reading.oldest.get(key), wall)
             rate = self._finishing.get(key)
             task, priority = key
             drain = backlog_seconds(items, rate, age)
@@ -173,10 +179,7 @@ class StatusReader:
 
         names = (*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
         try:
-            pipeline = self._redis.pipeline(transaction=False)
-            for name in names:
-                pipeline.llen(name)
-            return dict(zip(names, (int(n) for n in pipeline.execute()), strict=True))
+            return queue_lengths(self._redis, names)
         except redis.RedisError as exc:
             snapshot.problems.append(f"Redis: {exc}")
             return {}

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import admin, flower, models_ops, remote, status, usage
+from cli import admin, flower, models_data, models_ops, remote, rollout, status, usage
 from core.config import Settings, get_settings
 from core.db.models import Batch
 from core.db.session import Database
@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="inferq: queue-driven NLP inference.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-models_app = typer.Typer(help="Models: list, train, evaluate.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Models: list, train, evaluate, calibrate; versions, promote, rollback, rollout.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(admin.keys_app, name="keys", no_args_is_help=True)
 app.add_typer(admin.tenants_app, name="tenants", no_args_is_help=True)
@@ -43,6 +46,11 @@ models_app.command("profile")(models_ops.profile)
 models_app.command("train")(models_ops.train)
 models_app.command("evaluate")(models_ops.evaluate)
 models_app.command("calibrate")(models_ops.calibrate)
+models_app.command("versions")(rollout.versions)
+models_app.command("promote")(rollout.promote)
+models_app.command("rollback")(rollout.rollback)
+models_app.command("rollout")(rollout.rollout)
+models_app.command("prepare")(models_data.prepare)
 nightly_app = typer.Typer(help="The nightly inbox (INFERQ_INBOX_DIR).", no_args_is_help=True)
 app.add_typer(nightly_app, name="nightly")
 app.add_typer(remote.app, name="batches")

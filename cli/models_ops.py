@@ -6,6 +6,7 @@ commands.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,6 +17,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from core.inference.engine import ModelAdapter
+    from core.inference.strategies.run import TrainedArtefact
 
 console = Console(stderr=True)
 
@@ -60,12 +62,36 @@ def train(
         Path | None,
         typer.Option(help="Without --arch: write here, not in place. With it: versions go here."),
     ] = None,
+    artefact_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --arch: the artefact's files go exactly here (replaced), not in "
+            "OUT_DIR/VERSION/; a fixed path for pipelines (dvc.yaml)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --arch: train.tsv and test.tsv from here (default: data/sst2).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    track: Annotated[
+        bool | None,
+        typer.Option(
+            "--track/--no-track",
+            help="With --arch: log the run to MLflow and register the artefact (default: "
+            "INFERQ_TRACKING, on). Store: MLFLOW_TRACKING_URI, else DATA_DIR/mlflow.db.",
+        ),
+    ] = None,
 ) -> None:
     """Train a task's models from the data in data/ (seeded, so reproducible).
 
     Without --arch: retrain both shipped sentiment tiers in place, then their drift profiles.
     With --arch: train that one architecture into a new versioned folder with a model card, by
-    default var/models/TASK-ARCH/VERSION/; the shipped artefacts are left alone.
+    default var/models/TASK-ARCH/VERSION/; the shipped artefacts are left alone. The run is
+    tracked in MLflow (experiment and registered model inferq-TASK) unless --no-track.
     """
     from core.config import get_settings
     from core.telemetry.logging import configure_logging
@@ -73,11 +99,29 @@ def train(
     settings = get_settings()
     configure_logging("WARNING", settings.log_format)
     if arch is None:
-        if params is not None:
-            raise typer.BadParameter("--params needs --arch", param_hint="--params")
+        for given, name in (
+            (params, "--params"),
+            (artefact_dir, "--artefact-dir"),
+            (data_dir, "--data-dir"),
+        ):
+            if given is not None:
+                raise typer.BadParameter(f"{name} needs --arch", param_hint=name)
         _train_shipped(task, seed, out_dir, settings.device)
         return
-    _train_arch(task, arch, params, seed, out_dir or _default_root(settings.data_dir, task, arch))
+    if artefact_dir is not None and out_dir is not None:
+        raise typer.BadParameter("give --out-dir or --artefact-dir, not both")
+    recipe = _read_params(params, arch)
+    source = data_dir or _default_data_dir()
+    if artefact_dir is not None:
+        trained = _train_into(task, arch, recipe, seed, source, artefact_dir)
+    else:
+        root = out_dir or _default_root(settings.data_dir, task, arch)
+        trained = _train_arch(task, arch, recipe, seed, source, root)
+    if settings.tracking if track is None else track:
+        _track(trained)
+    else:
+        console.print("not tracked (--no-track or INFERQ_TRACKING=false)")
+    typer.echo(str(trained.path))  # stdout: the one line a script needs
 
 
 def _default_root(data_root: Path, task: str, arch: str) -> Path:
@@ -86,8 +130,15 @@ def _default_root(data_root: Path, task: str, arch: str) -> Path:
     return default_out_root(data_root, task, arch)
 
 
-def _train_arch(task: str, arch: str, params: Path | None, seed: int, out_root: Path) -> None:
+def _default_data_dir() -> Path:
     from core.inference.evaluation import DEFAULT_SST2_DIR
+
+    return DEFAULT_SST2_DIR
+
+
+def _train_arch(
+    task: str, arch: str, recipe: dict[str, Any], seed: int, data_dir: Path, out_root: Path
+) -> TrainedArtefact:
     from core.inference.strategies import UnknownArchitecture
     from core.inference.strategies.run import train_artefact
 
@@ -95,9 +146,9 @@ def _train_arch(task: str, arch: str, params: Path | None, seed: int, out_root: 
         trained = train_artefact(
             task,
             arch,
-            data_dir=DEFAULT_SST2_DIR,
+            data_dir=data_dir,
             out_root=out_root,
-            params=_read_params(params, arch),
+            params=recipe,
             seed=seed,
             progress=console.print,
         )
@@ -111,7 +162,49 @@ def _train_arch(task: str, arch: str, params: Path | None, seed: int, out_root: 
         f"{metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f}, "
         f"{metrics['seconds_per_1000']:.3f} s per 1,000 inputs"
     )
-    typer.echo(str(trained.path))  # stdout: the one line a script needs
+    return trained
+
+
+def _train_into(
+    task: str, arch: str, recipe: dict[str, Any], seed: int, data_dir: Path, target: Path
+) -> TrainedArtefact:
+    """Train into a staging root beside `target`, then move the version folder to `target`.
+
+    The content-hash version stays in the card; only the folder name is fixed, so a pipeline
+    can declare it as an output without knowing the version in advance.
+    """
+    import shutil
+    import uuid
+
+    from core.inference.strategies.run import TrainedArtefact
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".train-{uuid.uuid4().hex}"
+    try:
+        trained = _train_arch(task, arch, recipe, seed, data_dir, staging)
+        if target.exists():
+            shutil.rmtree(target)
+        trained.path.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TrainedArtefact(target, trained.card)
+
+
+def _track(trained: TrainedArtefact) -> None:
+    """Log the run to MLflow; a missing package or a failing store is one line, not an error:
+    the artefact is written either way."""
+    from core.inference import tracking
+
+    try:
+        run = tracking.log_training(trained.path, trained.card)
+    except (tracking.TrackingUnavailable, tracking.TrackingFailed) as exc:
+        console.print(str(exc), markup=False)
+        return
+    console.print(
+        f"tracked: MLflow run {run.run_id} ({run.experiment}), registered {run.model_name} "
+        f"version {run.model_version}, in {run.tracking_uri}",
+        markup=False,
+    )
 
 
 def _read_params(path: Path | None, arch: str) -> dict[str, Any]:
@@ -171,6 +264,14 @@ def evaluate(
         Path | None,
         typer.Option(help="Evaluate this `models train --arch` artefact, not the served tiers."),
     ] = None,
+    metrics_json: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the figures here as JSON, {tier: {accuracy, ...}} (the tier of an "
+            "--artefact is its arch); what `dvc metrics show` reads.",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Accuracy, macro-F1 and ECE (15 bins) of every tier of TASK, or of one artefact, on DATA
     (default: SST-2 test), with predict() time per 1,000 inputs on this machine."""
@@ -186,9 +287,16 @@ def evaluate(
     if not path.is_file():
         raise typer.BadParameter(f"{path} is not a file", param_hint="--data")
     table = Table("task", "tier", "model", "version", "accuracy", "macro-F1", "ECE", "n", "s/1k")
+    figures: dict[str, dict[str, Any]] = {}
     for tier, adapter in _adapters(task, artefact, settings.device):
-        table.add_row(task, tier, adapter.name, adapter.version, *_scores(adapter, path))
+        metrics = _scores(adapter, path)
+        figures[tier] = {"model": adapter.name, "version": adapter.version, **metrics}
+        table.add_row(task, tier, adapter.name, adapter.version, *_formatted(metrics))
     Console(width=140).print(table)
+    if metrics_json is not None:
+        metrics_json.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(figures, indent=2, sort_keys=True) + "\n"
+        metrics_json.write_text(text, encoding="utf-8")
 
 
 def _adapters(task: str, artefact: Path | None, device: str) -> Iterator[tuple[str, ModelAdapter]]:
@@ -212,13 +320,16 @@ def _adapters(task: str, artefact: Path | None, device: str) -> Iterator[tuple[s
         yield tier.tier, adapter_type.load(device=device)
 
 
-def _scores(adapter: ModelAdapter, path: Path) -> list[str]:
+def _scores(adapter: ModelAdapter, path: Path) -> dict[str, Any]:
     from core.inference.evaluation import iter_labelled, score_adapter
 
     try:
-        metrics = score_adapter(adapter, iter_labelled(path))
+        return dict(score_adapter(adapter, iter_labelled(path)))
     except ValueError as exc:
         raise typer.BadParameter(f"{path}: {exc}", param_hint="--data") from exc
+
+
+def _formatted(metrics: dict[str, Any]) -> list[str]:
     return [
         f"{metrics['accuracy']:.4f}",
         f"{metrics['macro_f1']:.4f}",

@@ -171,9 +171,18 @@ class Settings(BaseSettings):
     circuit_force_open: str = ""
 
     cache_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    # MLflow tracking of `models train --arch` runs (core.inference.tracking): the store is
+    # MLFLOW_TRACKING_URI, else sqlite:///DATA_DIR/mlflow.db with artefacts in DATA_DIR/mlruns/.
+    tracking: bool = True
     # Drift (core.telemetry.drift): the live window is the last this many primary-tier results
     # of each task, shared by every worker, compared with the artefact's reference profile.
     drift_window: int = Field(default=500, ge=10)
+    # Model rollouts (core.rollout): how stale a process's view of a task's champion, canary
+    # and shadow may be (workers pick a change up within this many seconds, no restart), and
+    # how many trained versions a worker keeps loaded beside the shipped chain (least recently
+    # used evicted). Trained versions are read from data_dir/models/TASK-ARCH/VERSION/.
+    rollout_refresh_seconds: float = Field(default=5.0, ge=0)
+    max_loaded_versions: int = Field(default=3, ge=1)
 
     # Encrypts stored secrets (webhook signing secrets) with AES-GCM. Any string: the key is
     # derived from it. Embedded mode generates one under data_dir when unset; distributed mode

@@ -1,4 +1,4 @@
-"""HTTP contract for GET /v1/models and GET /v1/models/{task}/drift (version 1)."""
+"""HTTP contract for GET /v1/models, GET /v1/models/{task}/drift and .../rollout (version 1)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,45 @@ class DriftOut(BaseModel):
     signals: list[DriftSignalOut]
     drifted: bool
     checked_at: datetime
+
+
+class VersionStatsOut(BaseModel):
+    version: str
+    role: str  # champion, canary, shadow
+    items: int  # inputs served (champion, canary) or shadowed in this revision
+    ms_per_item: float | None  # model time per input (cached results cost none)
+    mean_confidence: float | None
+    compared: int  # shadow: inputs compared with the champion's result
+    agreed: int
+    agreement: float | None  # agreed / compared
+    failed: int  # shadow: inputs it produced nothing for
+
+
+class RolloutChangeOut(BaseModel):
+    revision: int
+    action: str  # promote, rollback, canary, shadow, stop
+    champion: str | None
+    canary: str | None
+    canary_percent: float
+    shadow: str | None
+    shadow_percent: float
+    at: datetime
+    actor: str
+
+
+class RolloutOut(BaseModel):
+    """GET /v1/models/{task}/rollout: what serves the task's primary tier and how it does."""
+
+    task: str
+    revision: int  # 0: never changed; the shipped artefact serves alone
+    champion: str | None  # its version (the shipped artefact's when none was promoted)
+    champion_is_shipped: bool
+    canary: str | None
+    canary_percent: float
+    shadow: str | None
+    shadow_percent: float
+    shadow_agreement: float | None
+    versions: list[VersionStatsOut]
+    changed_at: datetime | None
+    changed_by: str | None
+    history: list[RolloutChangeOut]  # newest first

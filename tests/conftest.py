@@ -18,6 +18,9 @@ from tests.services import (
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# `models train --arch` logs to MLflow by default (var/mlflow.db): tests that train would fill the
+# developer's store. Tests of tracking turn it on with a store of their own.
+os.environ["INFERQ_TRACKING"] = "false"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

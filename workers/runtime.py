@@ -28,7 +28,12 @@ def engine() -> InferenceEngine:
     circuits = Circuits(CircuitPolicy.from_settings(current), current.resolved_cache_url)
     reports = TierReports(current.resolved_cache_url)
     return InferenceEngine(
-        current.device, circuits=circuits, policies=current.batching, reports=reports
+        current.device,
+        circuits=circuits,
+        policies=current.batching,
+        reports=reports,
+        data_dir=current.data_dir,
+        max_versions=current.max_loaded_versions,
     )
 
 

@@ -20,6 +20,7 @@ from api.deps import DatabaseDep
 from core.broker import MAINTENANCE_QUEUE, QUEUES, WEBHOOKS_QUEUE
 from core.inference.availability import TierReports, describe
 from core.inference.registry import all_tasks
+from core.rollout.report import RolloutCollector
 from core.telemetry.backlog import BacklogCollector
 from core.telemetry.drift import collector_for as drift_collector
 
@@ -88,6 +89,7 @@ def metrics(request: Request) -> Response:
     scrape = CollectorRegistry(auto_describe=False)
     scrape.register(_backlog_collector(request))
     scrape.register(drift_collector(request.app.state))
+    scrape.register(_rollout_collector(request))
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # one API process: its own registry
         # The backlog first: a failure it counts shows in this very scrape.
         body = generate_latest(scrape) + generate_latest()
@@ -95,6 +97,14 @@ def metrics(request: Request) -> Response:
     # `inferq serve --workers N`: every process's samples, added up.
     multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
     return Response(generate_latest(scrape), media_type=CONTENT_TYPE_LATEST)
+
+
+def _rollout_collector(request: Request) -> RolloutCollector:
+    state = request.app.state
+    collector: RolloutCollector | None = getattr(state, "rollout_collector", None)
+    if collector is None:
+        collector = state.rollout_collector = RolloutCollector(state.database)
+    return collector
 
 
 def _backlog_collector(request: Request) -> BacklogCollector:

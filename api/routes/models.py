@@ -1,5 +1,6 @@
 """/v1/models: every task, its fallback chain, each tier's version, circuit state and whether
-some worker cannot load it; /v1/models/{task}/drift: its live window against its reference."""
+some worker cannot load it; /v1/models/{task}/drift: its live window against its reference;
+/v1/models/{task}/rollout: its champion, canary and shadow, and how each version does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from core.errors import NotFound
 from core.inference.availability import TierReports, describe
 from core.inference.circuit import Circuits
 from core.inference.registry import all_tasks, task_names, tier_version
+from core.rollout.report import RolloutReport, presented, report
 from core.telemetry import drift
 from schemas.models import (
     DriftOut,
@@ -20,6 +22,7 @@ from schemas.models import (
     DriftSignalOut,
     DriftWindowOut,
     ModelList,
+    RolloutOut,
     TaskOut,
     TierOut,
 )
@@ -98,3 +101,19 @@ async def read_drift(request: Request, task: str, _caller: ModelsRead) -> DriftO
         drifted=report.drifted,
         checked_at=report.checked_at,
     )
+
+
+@router.get("/{task}/rollout", response_model=RolloutOut, responses=PROBLEMS)
+async def read_rollout(request: Request, task: str, _caller: ModelsRead) -> RolloutOut:
+    """The task's champion (what serves), its canary and share, its shadow, and what each version
+    did in this revision (items, model time, confidence, the shadow's agreement with the
+    champion), summed over every worker. Needs ``models:read``."""
+    if task not in task_names():
+        raise NotFound(f"no task {task!r}; the tasks are {', '.join(sorted(task_names()))}")
+    database = request.app.state.database
+
+    def read() -> RolloutReport:
+        with database.read() as session:
+            return report(session, task)
+
+    return presented(await run_in_threadpool(read))

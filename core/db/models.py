@@ -103,6 +103,63 @@ class AuditEvent(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
+class ModelRollout(Base):
+    """What serves a task's primary tier now: its champion, a canary share, a shadow
+    (core.rollout). No row: the shipped artefact serves alone."""
+
+    __tablename__ = "model_rollouts"
+
+    task: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    # None: the artefact shipped with the code (the registry's primary tier).
+    champion: Mapped[str | None] = mapped_column(String(64), default=None)
+    canary: Mapped[str | None] = mapped_column(String(64), default=None)
+    canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow: Mapped[str | None] = mapped_column(String(64), default=None)
+    shadow_percent: Mapped[float] = mapped_column(Float, default=100.0)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    changed_by: Mapped[str] = mapped_column(String(200))
+
+
+class ModelRolloutChange(Base):
+    """Every rollout state a task has had, newest last: what `models rollback` walks back."""
+
+    __tablename__ = "model_rollout_changes"
+    __table_args__ = (Index("ix_model_rollout_changes_task", "task", "revision"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    task: Mapped[str] = mapped_column(String(64))
+    revision: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    champion: Mapped[str | None] = mapped_column(String(64), default=None)
+    canary: Mapped[str | None] = mapped_column(String(64), default=None)
+    canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    shadow: Mapped[str | None] = mapped_column(String(64), default=None)
+    shadow_percent: Mapped[float] = mapped_column(Float, default=100.0)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+
+
+class ModelRolloutStat(Base):
+    """What each version did during one rollout revision, summed over all workers: items served
+    (or shadowed), model seconds, confidence, and agreement of the shadow with the champion."""
+
+    __tablename__ = "model_rollout_stats"
+
+    task: Mapped[str] = mapped_column(String(64), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    items: Mapped[int] = mapped_column(BigInteger, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    scored: Mapped[int] = mapped_column(BigInteger, default=0)
+    confidence_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    compared: Mapped[int] = mapped_column(BigInteger, default=0)
+    agreed: Mapped[int] = mapped_column(BigInteger, default=0)
+    failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

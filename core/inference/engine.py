@@ -12,21 +12,31 @@ One engine per worker process. Models are loaded lazily (or by ``warm_up`` in th
 process-init hook), never at import and never in a parent process that later forks. A tier whose
 model cannot load in this process is remembered as down (see ``_Down``) and skipped without
 another attempt, and reported to ``TierReports`` so that the API can say which tier is down.
+
+A batch may name the version its primary tier must be (a rollout's champion or canary, see
+``core.rollout``): a trained version is loaded from the model store beside the shipped chain, has
+its own circuit breaker (a failing canary never opens the champion's), and at most
+``max_versions`` of them stay loaded, the least recently used evicted.
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
+import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import pybreaker
 import structlog
 
 from core.config import BatchPolicy
+from core.inference import versions
 from core.inference.availability import TierReports
 from core.inference.circuit import Circuits
 from core.inference.registry import TierSpec, adapter_class, get_task, tier_version
@@ -75,6 +85,9 @@ class TierFailed(Exception):
 class TierUnavailable(Exception):
     """A tier's model cannot be loaded in this process; the chain moves on without it."""
 
+
+# The adapter of a primary tier replaced by a trained version: "version:<hash>".
+VERSIONED = "version:"
 
 # How long a tier whose load failed for another reason than a missing module (an unreadable
 # artefact, a CUDA error) waits before the next load, when no circuit policy says otherwise.
@@ -128,8 +141,12 @@ class InferenceEngine:
         policies: dict[str, BatchPolicy] | None = None,
         reports: TierReports | None = None,
         load_retry_seconds: float | None = None,
+        data_dir: Path = Path("var"),
+        max_versions: int = 3,
     ) -> None:
         self.device = device
+        self.data_dir = data_dir
+        self.max_versions = max_versions
         self.circuits = circuits
         self.policies = policies or {}
         self.reports = reports
@@ -141,21 +158,25 @@ class InferenceEngine:
         self._models: dict[tuple[str, str], ModelAdapter] = {}
         self._down: dict[tuple[str, str], _Down] = {}
         self._lock = threading.Lock()
+        self._versioned: OrderedDict[tuple[str, str], None] = OrderedDict()  # LRU, oldest first
 
     def policy(self, task: str) -> BatchPolicy:
         return self.policies.get(task) or self.policies.get("default") or BatchPolicy()
 
     def model(self, task: str, tier: TierSpec) -> ModelAdapter:
         """The tier's loaded model; TierUnavailable when it cannot load in this process."""
-        key = (task, tier.tier)
+        label = tier_label(tier)
+        key = (task, label)
         with self._lock:
             if key in self._models:
+                if key in self._versioned:
+                    self._versioned.move_to_end(key)
                 return self._models[key]
             was_down = self._down.get(key)
             if was_down is not None and not was_down.retry_due():
                 raise TierUnavailable(was_down.error)
             try:
-                model: ModelAdapter = adapter_class(tier).load(device=self.device)
+                model: ModelAdapter = self._load(task, tier)
             except Exception as exc:  # remembered, counted, logged and reported: never hidden
                 down = self._down[key] = _Down.of(exc, self.load_retry_seconds)
                 failure: Exception | None = exc
@@ -163,19 +184,71 @@ class InferenceEngine:
                 self._models[key] = model
                 self._down.pop(key, None)
                 failure = None
+                if tier.adapter.startswith(VERSIONED):
+                    self._versioned[key] = None
+                    self._evict_over(self.max_versions)
         if failure is not None:
-            self._mark_down(task, tier.tier, down, failure)
+            self._mark_down(task, label, down, failure)
             raise TierUnavailable(down.error) from failure
         if was_down is not None and self.reports is not None:
-            self.reports.up(task, tier.tier)
+            self.reports.up(task, label)
         log.info(
             "model_loaded",
             task=task,
-            tier=tier.tier,
+            tier=label,
+            version=model.version,
             device=self.device,
             precision=getattr(model, "precision", None),
         )
         return model
+
+    def _load(self, task: str, tier: TierSpec) -> ModelAdapter:
+        if tier.adapter.startswith(VERSIONED):
+            version = tier.adapter.removeprefix(VERSIONED)
+            return versions.load(self.data_dir, task, version, self.device)
+        loaded: ModelAdapter = adapter_class(tier).load(device=self.device)
+        return loaded
+
+    def chain(self, task: str, version: str | None = None) -> tuple[TierSpec, ...]:
+        """The task's chain, its primary tier replaced by `version` when that is not the shipped
+        artefact (None: the shipped chain as registered)."""
+        registered = get_task(task).chain
+        if version is None or version == self._shipped_version(task):
+            return registered
+        return (TierSpec("primary", VERSIONED + version), *registered[1:])
+
+    def _shipped_version(self, task: str) -> str | None:
+        try:
+            return tier_version(task, get_task(task).chain[0].tier)
+        except (ImportError, OSError):
+            return None
+
+    def loaded_versions(self) -> list[tuple[str, str]]:
+        """The trained versions loaded in this process as (task, version), least recent first."""
+        with self._lock:
+            return [(task, label.split("@", 1)[1]) for task, label in self._versioned]
+
+    def retain(self, task: str, keep: set[str]) -> None:
+        """Unload the task's trained versions that are not in `keep` (a rollout ended)."""
+        with self._lock:
+            for key in [k for k in self._versioned if k[0] == task]:
+                if key[1].split("@", 1)[1] not in keep:
+                    self._unload(key)
+
+    def _evict_over(self, limit: int) -> None:
+        while len(self._versioned) > limit:
+            self._unload(next(iter(self._versioned)))
+
+    def _unload(self, key: tuple[str, str]) -> None:
+        """Drop a trained version (lock held): its memory goes back once nothing refers to it."""
+        self._versioned.pop(key, None)
+        self._models.pop(key, None)
+        self._down.pop(key, None)
+        gc.collect()
+        torch = sys.modules.get("torch")  # never imported here: only freed if a model used it
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        log.info("model_unloaded", task=key[0], tier=key[1])
 
     def _mark_down(self, task: str, tier: str, down: _Down, exc: Exception) -> None:
         log.error(
@@ -231,12 +304,13 @@ class InferenceEngine:
             if name.split(":", 1)[0] in tasks
         }
 
-    def run(self, task: str, texts: Sequence[str]) -> list[Outcome]:
-        """Exactly one outcome per text, in order."""
+    def run(self, task: str, texts: Sequence[str], *, version: str | None = None) -> list[Outcome]:
+        """Exactly one outcome per text, in order; the primary tier is `version` when one is
+        named (see ``chain``)."""
         outcomes: dict[int, Outcome] = {}
         pending = list(range(len(texts)))
         reasons: dict[int, list[str]] = {i: [] for i in pending}
-        for position, tier in enumerate(get_task(task).chain):
+        for position, tier in enumerate(self.chain(task, version)):
             if not pending:
                 break
             if self.circuits is not None and self.circuits.forced_open(task, tier.tier):
@@ -289,8 +363,23 @@ class InferenceEngine:
             return self.model(task, tier)
         except TierUnavailable as exc:
             if self.reports is not None:  # refreshed while batches keep skipping the tier
-                self.reports.down(task, tier.tier, str(exc))
+                self.reports.down(task, tier_label(tier), str(exc))
             return exc
+
+    def predict_with(self, task: str, version: str, texts: Sequence[str]) -> list[Prediction]:
+        """`version` alone over these texts, in planned passes: no chain, no breaker, no split.
+        For a shadow run, whose failure only counts against the shadow (it raises)."""
+        (tier, *_) = self.chain(task, version)
+        adapter = self.model(task, tier)
+        counted = _counted_tokens(adapter, list(texts))
+        lengths = counted if counted is not None else _estimated_tokens(list(texts))
+        predictions: dict[int, Prediction] = {}
+        for rows in plan_passes(lengths, self.policy(task)):
+            batch = adapter.predict([texts[i] for i in rows])
+            if len(batch) != len(rows):
+                raise RuntimeError(f"{len(batch)} results for {len(rows)} inputs")
+            predictions.update(zip(rows, batch, strict=True))
+        return [predictions[i] for i in range(len(texts))]
 
     def _fell_back(
         self,
@@ -346,7 +435,7 @@ class InferenceEngine:
             if self.circuits is None:
                 run_tier()
             else:
-                self.circuits.breaker(task, tier.tier).call(run_tier)
+                self.circuits.breaker(task, tier_label(tier)).call(run_tier)
         except pybreaker.CircuitBreakerError:
             if not ran:
                 return None
@@ -395,6 +484,13 @@ class InferenceEngine:
             self._run_split(adapter, texts, batch[middle:], attempt)
             return
         attempt.done.update(zip(batch, predictions, strict=True))
+
+
+def tier_label(tier: TierSpec) -> str:
+    """A tier's name in breakers, reports and logs: "primary@<version>" for a trained version."""
+    if tier.adapter.startswith(VERSIONED):
+        return f"{tier.tier}@{tier.adapter.removeprefix(VERSIONED)}"
+    return tier.tier
 
 
 def _counted_tokens(adapter: ModelAdapter, texts: list[str]) -> list[int] | None:

@@ -22,6 +22,8 @@ from core.inference.cache import CachedResult, RedisCache, lookup
 from core.inference.engine import Failure, InferenceEngine, Outcome, Output
 from core.jobs import batches, outbox, usage
 from core.jobs.lifecycle import Claim, ClaimedItem, claim_many, record_many, release_items
+from core.rollout import serving
+from core.rollout.state import Rollout, current_in
 from core.telemetry import drift, gpu
 from core.telemetry.metrics import (
     BATCH_ITEMS,
@@ -107,6 +109,7 @@ def _run_batch(worker: Worker, deliveries: Sequence[Delivery]) -> RunReport:
             resolved.update(_resolve(worker, task, items))
     report = retry_transient(lambda: _record(worker, claims, resolved))
     drift.observe(worker.settings, claims, resolved.outcomes)  # after the commit: served
+    serving.after_batch(worker, claims, resolved.outcomes, resolved.shares)  # shadow, stats
     finished_in = sorted({claim.batch_id for claim in claims if claim.batch_id is not None})
     if finished_in:  # their batches have room for more jobs now
         retry_transient(lambda: _top_up(worker, finished_in))
@@ -147,10 +150,29 @@ def _claim(worker: Worker, deliveries: Sequence[Delivery]) -> list[Claim]:
 
 
 def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> _Resolved:
-    """Outcomes by item id: cache hits first (L1 Redis, then L3 stored results), then the
-    fallback chain for the rest. The cache is skipped when the primary tier's version is
-    unknown (it cannot load here and its files do not tell)."""
-    version = worker.engine.primary_version(task)
+    """Outcomes by item id, each input served by the version its task's rollout routes it to
+    (the champion, or the canary for the inputs whose hash falls in its share)."""
+    rollout = _rollout(worker, task)
+    resolved = _Resolved()
+    for version, group in rollout.route(items, lambda item: item.input_hash).items():
+        resolved.update(_resolve_version(worker, task, version, group))
+    return resolved
+
+
+def _rollout(worker: Worker, task: str) -> Rollout:
+    rollout = current_in(worker.database, task, max_age=worker.settings.rollout_refresh_seconds)
+    worker.engine.retain(task, rollout.named_versions())  # a version no longer named is unloaded
+    return rollout
+
+
+def _resolve_version(
+    worker: Worker, task: str, served_by: str | None, items: list[ClaimedItem]
+) -> _Resolved:
+    """Cache hits first (L1 Redis, then L3 stored results), then the fallback chain for the
+    rest, its primary tier being `served_by` (None: the shipped artefact). The cache is skipped
+    when the primary tier's version is unknown (it cannot load here and its files do not
+    tell)."""
+    version = served_by or worker.engine.primary_version(task)
     hashes = [item.input_hash for item in items]
     hits = _cached(worker, task, version, hashes) if version is not None else {}
     outcomes: dict[int, Outcome] = {}
@@ -166,7 +188,7 @@ def _resolve(worker: Worker, task: str, items: list[ClaimedItem]) -> _Resolved:
     if not misses:
         return _Resolved(outcomes)
     started = time.perf_counter()
-    results = worker.engine.run(task, [item.text for item in misses])
+    results = worker.engine.run(task, [item.text for item in misses], version=served_by)
     seconds = time.perf_counter() - started
     BATCH_SECONDS.labels(task).observe(seconds)
     outcomes.update(zip((item.id for item in misses), results, strict=True))

@@ -29,6 +29,7 @@ from core.jobs.presenters import output_out
 from core.jobs.queries import ItemView, JobView
 from core.jobs.state import ItemStatus, JobStatus
 from core.jobs.validation import check_inputs, check_metadata, check_task, check_webhook_url
+from core.rollout.state import current
 from core.security.quotas import PendingQuota
 from core.webhooks import deliveries
 from schemas.webhooks import WebhookOut
@@ -319,21 +320,28 @@ def _cached_by_task(
 def cached_outputs(
     session: Session, settings: Settings, task: str, hashes: list[str]
 ) -> dict[str, Output]:
-    """Cached results of the current primary model for these inputs, by input hash."""
+    """Cached results of the version that serves each input now (the task's champion, or its
+    canary for the inputs routed to it), by input hash."""
     primary = get_task(task).chain[0]
-    try:
-        version = tier_version(task, primary.tier)
-    except (ImportError, OSError):  # the API image has no model packages: workers check the cache
-        version = None
-    if version is None:  # an adapter that cannot tell its version without loading: no cache
-        return {}
+    rollout = current(session, task, max_age=settings.rollout_refresh_seconds)
     cache = RedisCache.from_settings(settings.resolved_cache_url, settings.cache_ttl_seconds)
-    return {
-        digest: Output(
-            hit.prediction, hit.model, hit.version, primary.tier, degraded=False, cached=True
-        )
-        for digest, hit in lookup(session, cache, task, version, hashes).items()
-    }
+    found: dict[str, Output] = {}
+    for served_by, group in rollout.route(hashes, str).items():
+        version = served_by or _shipped_version(task, primary.tier)
+        if version is None:  # an adapter that cannot tell its version without loading: no cache
+            continue
+        for digest, hit in lookup(session, cache, task, version, group).items():
+            found[digest] = Output(
+                hit.prediction, hit.model, hit.version, primary.tier, degraded=False, cached=True
+            )
+    return found
+
+
+def _shipped_version(task: str, tier: str) -> str | None:
+    try:
+        return tier_version(task, tier)
+    except (ImportError, OSError):  # the API image has no model packages: workers check the cache
+        return None
 
 
 def _find_by_key(session: Session, tenant_id: int, key: str) -> Job | None:

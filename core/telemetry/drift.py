@@ -160,10 +160,12 @@ def _redis(url: str) -> Any:
 
 def observe(settings: Settings, claims: Iterable[Claim], outcomes: Mapping[int, Outcome]) -> None:
     """After a batch: add its primary-tier results (fresh or cached) to their tasks' windows.
+    Only the results of the version the reference profile describes count: a canary's or a
+    promoted version's scores have another distribution, and would read as drift.
     Drift is advice for operators, so a Redis error is logged and the batch goes on."""
     from core.inference.engine import Output
 
-    records: dict[str, list[dict[str, Any]]] = {}
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for claim in claims:
         for item in claim.items:
             output = outcomes.get(item.id)
@@ -171,17 +173,24 @@ def observe(settings: Settings, claims: Iterable[Claim], outcomes: Mapping[int, 
                 continue
             label, score = output.prediction.label, output.prediction.score
             if label is not None and score is not None:
-                records.setdefault(claim.task, []).append(item_record(label, score, item.text))
+                key = (claim.task, output.version)
+                records.setdefault(key, []).append(item_record(label, score, item.text))
     try:
         window = window_for(settings)
-        for task, task_records in records.items():
-            if profile_path(task) is not None:  # nothing would ever read the window
+        for (task, version), task_records in records.items():
+            path = profile_path(task)  # None: nothing would ever read the window
+            if path is not None and _profiled_version(path) == version:
                 window.push(task, task_records)
     except Exception as exc:  # a drift window must never fail the batch it describes
         log.warning("drift_window_unavailable", error=repr(exc))
 
 
 # --- the reference profile ---------------------------------------------------------------------
+
+
+def _profiled_version(path: Path) -> str | None:
+    version = _read_profile(path, path.stat().st_mtime_ns).get("version")
+    return None if version is None else str(version)
 
 
 def profile_dir(task: str) -> Path | None:

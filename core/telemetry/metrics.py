@@ -134,3 +134,17 @@ WEBHOOK_DELIVERIES = Counter(
     "or failed (gave up)",
     ["outcome"],
 )
+# Model rollouts (core.rollout): what each version served or shadowed, and how often a shadow
+# agreed with the champion. inferq_rollout_agreement (a gauge per revision) is exported by the
+# API from PostgreSQL (core.rollout.collector), summed over every worker.
+MODEL_VERSION_ITEMS = Counter(
+    "inferq_model_version_items_total",
+    "Inputs a primary-tier version served (champion, canary) or shadowed, by task and version",
+    ["task", "version", "role"],
+)
+SHADOW_COMPARISONS = Counter(
+    "inferq_shadow_comparisons_total",
+    "Shadow results compared with the champion's, by task, shadow version and outcome "
+    "(agreed, disagreed, failed)",
+    ["task", "version", "outcome"],
+)

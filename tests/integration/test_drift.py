@@ -148,3 +148,20 @@ def test_route_and_gauges_read_the_window_that_workers_share(
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     detected = {s.labels["task"]: s.value for s in families["inferq_drift_detected"].samples}
     assert detected == {"sentiment": 1.0}
+
+
+def test_results_of_another_version_than_the_profiled_one_stay_out_of_the_window(
+    settings: Settings, light: TfidfSentiment
+) -> None:
+    texts = ["a gorgeous , witty , seductive movie .", "dull and tedious"]
+    items = [ClaimedItem(i, i, text, f"h{i}") for i, text in enumerate(texts)]
+    claims = [Claim(uuid.uuid4(), "sentiment", "bulk", items)]
+    for version in ("c0ffeec0ffee", light.version):  # a canary's results, then the profiled one's
+        outcomes = {
+            item.id: Output(prediction, light.name, version, "primary", degraded=False)
+            for item, prediction in zip(items, light.predict(texts), strict=True)
+        }
+        drift.observe(settings, claims, outcomes)
+        if version != light.version:
+            assert drift.window_for(settings).read("sentiment") == []
+    assert len(drift.window_for(settings).read("sentiment")) == len(texts)

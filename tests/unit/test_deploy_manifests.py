@@ -1351,3 +1351,35 @@ def test_dashboard_backlog_panels_filter_by_task_and_priority_not_queue() -> Non
             expr = grafana_to_promql(target["expr"])
             if "inferq_backlog_items" in metric_names(expr):
                 assert not matcher_values(expr, "queue"), panel["title"]
+
+
+def configured_data_dir() -> Path:
+    (config,) = [doc for _, doc in k8s_documents() if doc["kind"] == "ConfigMap"]
+    return Path(config["data"]["INFERQ_DATA_DIR"])
+
+
+@pytest.mark.parametrize("name", ["inferq-worker", "inferq-worker-gpu"])
+def test_inference_workers_mount_the_model_store_where_rollouts_look(name: str) -> None:
+    """A rollout names trained versions that workers load from data_dir/models (the model
+    store, core.inference.versions): the shared volume must sit exactly there."""
+    from core.inference.versions import models_root
+
+    deployment = named("Deployment", name)
+    (worker,) = containers(deployment)
+    mounts = {m["mountPath"]: m for m in worker["volumeMounts"]}
+    store = mounts[str(models_root(configured_data_dir()))]
+    assert store["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[store["name"]]["persistentVolumeClaim"]["claimName"]
+    (pvc,) = [d for d in kind("PersistentVolumeClaim") if d["metadata"]["name"] == claim]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+
+
+@pytest.mark.parametrize("name", ["worker", "gpu-worker"])
+def test_compose_inference_workers_share_the_model_store(name: str) -> None:
+    from core.inference.versions import models_root
+
+    service = services()[name]
+    store = str(models_root(Path(env_of(service)["INFERQ_DATA_DIR"])))
+    assert f"models:{store}" in service["volumes"]
+    assert "models" in compose()["volumes"]

@@ -126,6 +126,46 @@ def backlog_families() -> Iterator[list[Metric]]:
             database.dispose()
 
 
+@pytest.fixture(scope="module")
+def rollout_families() -> Iterator[list[Metric]]:
+    """The API's rollout collector on a real, migrated PostgreSQL holding one rollout (a canary
+    and a shadow) and its stats."""
+    from core.db.models import ModelRollout, ModelRolloutStat
+    from core.rollout.report import RolloutCollector
+    from tests.conftest import migrated
+    from tests.services import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        database = migrated(url)
+        with database.transaction() as session:
+            session.add(
+                ModelRollout(
+                    task="sentiment",
+                    revision=1,
+                    canary="c",
+                    canary_percent=10.0,
+                    shadow="s",
+                    changed_by="test",
+                )
+            )
+            for version, role in (("c", "canary"), ("s", "shadow")):
+                session.add(
+                    ModelRolloutStat(
+                        task="sentiment",
+                        revision=1,
+                        version=version,
+                        role=role,
+                        items=10,
+                        compared=10,
+                        agreed=9,
+                    )
+                )
+        try:
+            yield list(RolloutCollector(database).collect())
+        finally:
+            database.dispose()
+
+
 def drift_families() -> list[Metric]:
     from core.config import Settings
     from core.telemetry.drift import DriftCollector
@@ -153,9 +193,10 @@ def flower_metrics() -> Exported:
 
 
 @pytest.fixture(scope="module")
-def exported(backlog_families: list[Metric]) -> Exported:
+def exported(backlog_families: list[Metric], rollout_families: list[Metric]) -> Exported:
     found = core_metrics()
     found.update(exported_by(backlog_families))
+    found.update(exported_by(rollout_families))
     found.update(exported_by(drift_families()))
     found.update(flower_metrics())
     found["up"] = frozenset()
@@ -251,9 +292,12 @@ def test_every_queried_metric_is_exported_with_the_labels_it_is_matched_on(
         )
 
 
-def test_the_custom_collectors_export_the_agreed_families(backlog_families: list[Metric]) -> None:
+def test_the_custom_collectors_export_the_agreed_families(
+    backlog_families: list[Metric], rollout_families: list[Metric]
+) -> None:
     """The check above is only as good as its list: the collectors must really yield these."""
-    names = {family.name for family in backlog_families + drift_families()}
+    names = {family.name for family in backlog_families + drift_families() + rollout_families}
+    assert all(family.samples for family in rollout_families)  # each read from the rows
     agreed = {
         "inferq_backlog_items",
         "inferq_backlog_seconds",
@@ -262,6 +306,9 @@ def test_the_custom_collectors_export_the_agreed_families(backlog_families: list
         "inferq_webhook_backlog",
         "inferq_drift_score",
         "inferq_drift_detected",
+        "inferq_rollout_agreement",
+        "inferq_rollout_canary_percent",
+        "inferq_rollout_items",
     }
     assert agreed <= names, agreed - names
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -11,3 +12,5 @@ class Prediction:
     score: float | None = None
     scores: dict[str, float] | None = None
     embedding: list[float] | None = None
+    # `ner`: [{"text", "label", "start", "end"}], character offsets into the input as sent.
+    entities: list[dict[str, Any]] | None = None

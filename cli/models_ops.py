@@ -274,15 +274,22 @@ def evaluate(
     ] = None,
 ) -> None:
     """Accuracy, macro-F1 and ECE (15 bins) of every tier of TASK, or of one artefact, on DATA
-    (default: SST-2 test), with predict() time per 1,000 inputs on this machine."""
+    (default: SST-2 test), with predict() time per 1,000 inputs on this machine. `ner`: entity
+    P/R/F1 on data/ner/test.jsonl; `langid`: accuracy on data/langid/eval.tsv (DATA in the same
+    format)."""
     from core.config import get_settings
     from core.inference.evaluation import DEFAULT_SST2_DIR
     from core.telemetry.logging import configure_logging
 
     settings = get_settings()
     configure_logging("WARNING", settings.log_format)
+    if task in ("ner", "langid"):
+        from cli.task_evaluation import evaluate_other
+
+        _write_metrics(metrics_json, evaluate_other(task, data, artefact, settings.device))
+        return
     if task != "sentiment":
-        raise typer.BadParameter(f"only 'sentiment' can be evaluated, not {task!r}")
+        raise typer.BadParameter(f"only sentiment, ner and langid can be evaluated, not {task!r}")
     path = data or DEFAULT_SST2_DIR / "test.tsv"
     if not path.is_file():
         raise typer.BadParameter(f"{path} is not a file", param_hint="--data")
@@ -293,6 +300,10 @@ def evaluate(
         figures[tier] = {"model": adapter.name, "version": adapter.version, **metrics}
         table.add_row(task, tier, adapter.name, adapter.version, *_formatted(metrics))
     Console(width=140).print(table)
+    _write_metrics(metrics_json, figures)
+
+
+def _write_metrics(metrics_json: Path | None, figures: dict[str, dict[str, Any]]) -> None:
     if metrics_json is not None:
         metrics_json.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(figures, indent=2, sort_keys=True) + "\n"

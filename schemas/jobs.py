@@ -21,12 +21,25 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] | None = Field(default=None, description="Echoed back as given.")
 
 
+class EntityOut(BaseModel):
+    """A named entity (`ner`): ``input[start:end] == text``, offsets in characters (code points)
+    of the input exactly as sent."""
+
+    text: str
+    label: str = Field(description="spaCy's label: PERSON, ORG, GPE, DATE, MONEY, ...")
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
 class ResultOut(BaseModel):
     index: int
     label: str | None = None
     score: float | None = None
     scores: dict[str, float] | None = None
     embedding: list[float] | None = None
+    entities: list[EntityOut] | None = Field(
+        default=None, description="`ner`: every entity found, in input order; [] when none."
+    )
     model: str
     version: str
     tier: Literal["primary", "fallback", "rules"]

@@ -100,7 +100,9 @@ def lookup_stored(
     found: dict[str, CachedResult] = {}
     for input_hash, model, label, score, output in session.execute(query):
         extra = output or {}
-        prediction = Prediction(label, score, extra.get("scores"), extra.get("embedding"))
+        prediction = Prediction(
+            label, score, extra.get("scores"), extra.get("embedding"), extra.get("entities")
+        )
         found.setdefault(input_hash, CachedResult(model, version, prediction))
     return found
 

@@ -40,7 +40,7 @@ from core.inference import versions
 from core.inference.availability import TierReports
 from core.inference.circuit import Circuits
 from core.inference.registry import TierSpec, adapter_class, get_task, tier_version
-from core.inference.types import Prediction
+from core.inference.types import NoAnswer, Prediction
 from core.telemetry.metrics import (
     FALLBACKS,
     INFERENCE_SECONDS,
@@ -70,9 +70,12 @@ class Output:
 
 @dataclass(frozen=True)
 class Failure:
-    """An input every tier failed on; the reason says what each tier did."""
+    """An input every tier failed on; the reason says what each tier did. `final` when every
+    tier of the chain ran and had no answer for it (``NoAnswer``): another attempt would only
+    repeat that, while a tier that was down or broke may do better next time."""
 
     reason: str
+    final: bool = False
 
 
 Outcome = Output | Failure
@@ -125,6 +128,13 @@ class _Attempt:
     done: dict[int, Prediction] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)  # left for the next tier (deadline)
+    unanswered: set[int] = field(default_factory=set)  # of `failed`: NoAnswer, the tier is fine
+
+    def produced_nothing(self) -> bool:
+        """Nothing served and something went wrong with the tier (not only inputs it had no
+        answer for): what the circuit breaker counts as a failure."""
+        faults = len(self.failed) - len(self.unanswered)
+        return not self.done and (faults > 0 or bool(self.skipped))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -310,7 +320,9 @@ class InferenceEngine:
         outcomes: dict[int, Outcome] = {}
         pending = list(range(len(texts)))
         reasons: dict[int, list[str]] = {i: [] for i in pending}
-        for position, tier in enumerate(self.chain(task, version)):
+        chain = self.chain(task, version)
+        unanswered = dict.fromkeys(pending, 0)  # tiers that ran and had no answer, per input
+        for position, tier in enumerate(chain):
             if not pending:
                 break
             if self.circuits is not None and self.circuits.forced_open(task, tier.tier):
@@ -329,11 +341,17 @@ class InferenceEngine:
             self._serve(task, tier.tier, adapter, attempt, outcomes, degraded=position > 0)
             for index, error in attempt.failed.items():
                 reasons[index].append(f"{tier.tier}: {error}")
-            self._fell_back(task, tier.tier, "exception", list(attempt.failed), reasons, note=False)
+                unanswered[index] += index in attempt.unanswered
+            faults = [i for i in attempt.failed if i not in attempt.unanswered]
+            self._fell_back(task, tier.tier, "exception", faults, reasons, note=False)
+            self._fell_back(
+                task, tier.tier, "no_answer", sorted(attempt.unanswered), reasons, note=False
+            )
             self._fell_back(task, tier.tier, "deadline", attempt.skipped, reasons)
             pending = sorted([*attempt.failed, *attempt.skipped])
         for index in pending:
-            outcomes[index] = Failure("; ".join(reasons[index]) or "no tier could run")
+            reason = "; ".join(reasons[index]) or "no tier could run"
+            outcomes[index] = Failure(reason, final=unanswered[index] == len(chain))
         assert len(outcomes) == len(texts), "one outcome per input"
         return [outcomes[i] for i in range(len(texts))]
 
@@ -410,7 +428,9 @@ class InferenceEngine:
         indices: list[int],
     ) -> _Attempt | None:
         """Run one tier through its circuit breaker, or None when the circuit is open. The breaker
-        counts a failure only when the tier produced nothing (one poison input does not trip it)."""
+        counts a failure only when the tier produced nothing (one poison input does not trip it),
+        and an input the tier had no answer for is no failure of the tier: a batch of Latin text
+        the `langid` rules cannot decide leaves their circuit closed for the scripts they can."""
         attempt = _Attempt()
         policy = self.policy(task)
         deadline = time.monotonic() + policy.deadline_seconds
@@ -426,7 +446,7 @@ class InferenceEngine:
                         attempt.skipped.extend(batch)
                         continue
                     self._run_split(adapter, texts, batch, attempt)
-                if not attempt.done and (attempt.failed or attempt.skipped):
+                if attempt.produced_nothing():
                     raise TierFailed(f"{tier.tier} produced no result for {len(indices)} inputs")
             finally:
                 INFERENCE_SECONDS.labels(task, tier.tier).observe(time.perf_counter() - started)
@@ -475,7 +495,11 @@ class InferenceEngine:
                 raise RuntimeError(f"{len(predictions)} results for {len(batch)} inputs")
         except Exception as exc:  # isolate the input that fails; its neighbours still succeed
             if len(batch) == 1:
-                attempt.failed[batch[0]] = repr(exc)
+                if isinstance(exc, NoAnswer):  # said plainly: "LanguageUndetected: no letter ..."
+                    attempt.failed[batch[0]] = f"{type(exc).__name__}: {exc}"
+                    attempt.unanswered.add(batch[0])
+                else:
+                    attempt.failed[batch[0]] = repr(exc)
                 return
             if is_out_of_memory(exc):
                 log.warning("out_of_memory_halving", batch=len(batch))

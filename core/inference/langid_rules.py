@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from core.inference.preprocess import PREPROCESS_VERSION, normalise
-from core.inference.types import Prediction
+from core.inference.types import NoAnswer, Prediction
 
 RULES_NAME = "unicode-script"
 TOP_K = 3
@@ -55,7 +55,7 @@ DISTINCT_LETTERS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-class LanguageUndetected(ValueError):
+class LanguageUndetected(NoAnswer):
     """This text's language cannot be decided (no letter, or a script the rule cannot split)."""
 
 

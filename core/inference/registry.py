@@ -53,6 +53,22 @@ TASKS: dict[str, TaskSpec] = {
             description="384-d L2-normalised sentence embeddings (all-MiniLM-L6-v2).",
             chain=(TierSpec("primary", "core.inference.transformer:SentenceEmbedder"),),
         ),
+        TaskSpec(
+            name="ner",
+            description="Named entities of English text (spaCy en_core_web_sm): text, label and "
+            "character offsets into the input as sent. No fallback: a failure is reported.",
+            chain=(TierSpec("primary", "core.inference.ner:SpacyEntities"),),
+        ),
+        TaskSpec(
+            name="langid",
+            description="Language of a text as an ISO 639-1 code, with the top 3 scores.",
+            chain=(
+                TierSpec("primary", "core.inference.langid:LinguaLangId"),
+                TierSpec("fallback", "core.inference.langid:FastTextLangId"),
+                # Decides only scripts that name one language; Latin text gets no answer here.
+                TierSpec("rules", "core.inference.langid_rules:ScriptLangId"),
+            ),
+        ),
     )
 }
 

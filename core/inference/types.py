@@ -14,3 +14,9 @@ class Prediction:
     embedding: list[float] | None = None
     # `ner`: [{"text", "label", "start", "end"}], character offsets into the input as sent.
     entities: list[dict[str, Any]] | None = None
+
+
+class NoAnswer(ValueError):
+    """The tier works, but this input has no answer from it (a text without a single letter has
+    no language). The input moves on to the next tier, fails if none answers, and does not
+    count against the tier's circuit breaker: the tier is healthy, the input is not."""

@@ -619,6 +619,7 @@ def result_line(row: Any) -> dict[str, Any]:
                 ("score", row.score),
                 ("scores", extra.get("scores")),
                 ("embedding", extra.get("embedding")),
+                ("entities", extra.get("entities")),
             )
             if value is not None
         }

@@ -240,9 +240,7 @@ def _record(worker: Worker, claims: list[Claim], resolved: _Resolved) -> RunRepo
         written = sum(record_many(session, done, resolved.shares).values())
         for claim in sorted(claims, key=lambda c: c.job_id):
             failed = {
-                item.id: o.reason
-                for item in claim.items
-                if isinstance(o := outcomes[item.id], Failure)
+                item.id: o for item in claim.items if isinstance(o := outcomes[item.id], Failure)
             }
             retried += _release(session, settings, claim, failed)
         if worker.cache is not None and fresh:
@@ -261,13 +259,15 @@ def _fill_l1(
     return fill
 
 
-def _release(session: Session, settings: Settings, claim: Claim, failed: dict[int, str]) -> int:
+def _release(session: Session, settings: Settings, claim: Claim, failed: dict[int, Failure]) -> int:
     if not failed:
         return 0
     retry: list[int] = []
-    for reason in set(failed.values()):
-        ids = [item_id for item_id, r in failed.items() if r == reason]
-        retry += release_items(session, claim.job_id, ids, reason, settings.max_attempts)
+    for failure in set(failed.values()):
+        ids = [item_id for item_id, f in failed.items() if f == failure]
+        retry += release_items(
+            session, claim.job_id, ids, failure.reason, settings.max_attempts, final=failure.final
+        )
     for item_id in failed:
         if item_id not in retry:
             ITEMS_FINISHED.labels(claim.task, "none", "failed").inc()

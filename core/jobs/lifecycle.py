@@ -259,10 +259,17 @@ def record_many(
 
 
 def release_items(
-    session: Session, job_id: uuid.UUID, item_ids: Sequence[int], error: str, max_attempts: int
+    session: Session,
+    job_id: uuid.UUID,
+    item_ids: Sequence[int],
+    error: str,
+    max_attempts: int,
+    *,
+    final: bool = False,
 ) -> list[int]:
     """After a failed attempt: items under the attempt cap go back to queued (returned, to be
-    dispatched again); the rest fail with the reason. A cancelled job's items are retired."""
+    dispatched again); the rest fail with the reason, and so does every item when the failure
+    is `final` (no attempt could end otherwise). A cancelled job's items are retired."""
     job = lock_job(session, job_id)
     if job is None:
         return []
@@ -275,6 +282,8 @@ def release_items(
         item.leased_until = None
         if job.status in TERMINAL_JOB:
             retire(item)
+        elif final:
+            _fail(item, error)
         elif item.attempts >= max_attempts:
             _fail(item, f"gave up after {item.attempts} attempts; last error: {error}")
         else:
@@ -341,7 +350,11 @@ def _result_row(claimed: ClaimedItem, output: Output) -> dict[str, Any]:
     prediction = output.prediction
     extra = {
         key: value
-        for key, value in (("scores", prediction.scores), ("embedding", prediction.embedding))
+        for key, value in (
+            ("scores", prediction.scores),
+            ("embedding", prediction.embedding),
+            ("entities", prediction.entities),  # [] is kept: no entity found is an answer
+        )
         if value is not None
     }
     return {

@@ -9,7 +9,7 @@ from core.db.models import Job
 from core.inference.engine import Output
 from core.jobs.state import ItemStatus
 from core.jobs.usage import job_usage
-from schemas.jobs import Counts, ItemError, JobOut, JobSummary, ResultOut
+from schemas.jobs import Counts, EntityOut, ItemError, JobOut, JobSummary, ResultOut
 
 if TYPE_CHECKING:
     from core.jobs.queries import JobView
@@ -44,6 +44,7 @@ def result_out(index: int, result: StoredResult) -> ResultOut:
         score=result.score,
         scores=extra.get("scores"),
         embedding=extra.get("embedding"),
+        entities=_entities(extra.get("entities")),
         model=result.model,
         version=result.version,
         tier=result.tier,
@@ -61,12 +62,17 @@ def output_out(index: int, output: Output) -> ResultOut:
         score=prediction.score,
         scores=prediction.scores,
         embedding=prediction.embedding,
+        entities=_entities(prediction.entities),
         model=output.model,
         version=output.version,
         tier=output.tier,
         degraded=output.degraded,
         cached=output.cached,
     )
+
+
+def _entities(entities: list[dict[str, Any]] | None) -> list[EntityOut] | None:
+    return None if entities is None else [EntityOut.model_validate(e) for e in entities]
 
 
 def job_summary(job: Job) -> JobSummary:

@@ -169,7 +169,7 @@ def test_wrong_json_types_are_422_naming_the_field(
 def test_unknown_task_is_422_listing_the_tasks(client: TestClient) -> None:
     body = problem(post_job(client, {"task": "translate", "inputs": ["ok"]}), 422)
     assert body["title"] == "Unknown task"
-    assert "available tasks: embed, sentiment" in body["detail"]
+    assert "available tasks: embed, langid, ner, sentiment" in body["detail"]
 
 
 def test_unknown_extra_field_is_422(client: TestClient) -> None:

@@ -130,7 +130,10 @@ def test_unknown_task_is_rejected_listing_the_available_tasks() -> None:
     with pytest.raises(UnknownTask) as caught:
         check_task("sentimnet")
     assert caught.value.status == 422
-    assert "unknown task 'sentimnet'; available tasks: embed, sentiment" in caught.value.detail
+    assert (
+        "unknown task 'sentimnet'; available tasks: embed, langid, ner, sentiment"
+        in caught.value.detail
+    )
 
 
 def test_unknown_task_is_an_invalid_input() -> None:

@@ -65,28 +65,38 @@ def set_canary(
     session: Session, data_dir: Path, task: str, version: str, percent: float, actor: str
 ) -> Rollout:
     """Serve `percent` % of inputs (chosen by input hash) with `version`."""
-    if not 0 < percent <= 100:
-        raise InvalidInput(f"a canary takes 0 < percent <= 100, not {percent}")
-    _known(data_dir, task, version)
-    now = _locked(session, task)
-    if version == (now.champion or versions.shipped_version(task)):
-        raise InvalidTransition(f"{version} is the {task} champion: a canary must differ")
-    new = replace(now, canary=version, canary_percent=float(percent))
-    return _change(session, new, "canary", actor, target=version)
+    return _challenger(session, data_dir, task, version, percent, actor, role="canary")
 
 
 def set_shadow(
     session: Session, data_dir: Path, task: str, version: str, percent: float, actor: str
 ) -> Rollout:
     """Run `version` beside the champion on `percent` % of inputs, off the result path."""
+    return _challenger(session, data_dir, task, version, percent, actor, role="shadow")
+
+
+def _challenger(
+    session: Session,
+    data_dir: Path,
+    task: str,
+    version: str,
+    percent: float,
+    actor: str,
+    *,
+    role: str,
+) -> Rollout:
+    """`version` as the canary or the shadow (`role`) on `percent` % of inputs."""
     if not 0 < percent <= 100:
-        raise InvalidInput(f"a shadow takes 0 < percent <= 100, not {percent}")
+        raise InvalidInput(f"a {role} takes 0 < percent <= 100, not {percent}")
     _known(data_dir, task, version)
     now = _locked(session, task)
     if version == (now.champion or versions.shipped_version(task)):
-        raise InvalidTransition(f"{version} is the {task} champion: a shadow must differ")
-    new = replace(now, shadow=version, shadow_percent=float(percent))
-    return _change(session, new, "shadow", actor, target=version)
+        raise InvalidTransition(f"{version} is the {task} champion: a {role} must differ")
+    if role == "canary":
+        new = replace(now, canary=version, canary_percent=float(percent))
+    else:
+        new = replace(now, shadow=version, shadow_percent=float(percent))
+    return _change(session, new, role, actor, target=version)
 
 
 def stop(session: Session, task: str, actor: str) -> Rollout:

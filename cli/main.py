@@ -188,8 +188,17 @@ def _metrics_dir_for(name: str, settings: Settings) -> None:
 @app.command()
 def worker(
     queues: Annotated[
-        str, typer.Option(help="Comma-separated queues.")
-    ] = "interactive,bulk,maintenance",
+        str | None,
+        typer.Option(help="Comma-separated queues (default: interactive,bulk,maintenance)."),
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated tasks to serve alone (e.g. ner,langid): consume only their "
+            "own queues (interactive.TASK, bulk.TASK) and warm only their models. Each must be "
+            "in INFERQ_TASK_QUEUES; cannot be combined with --queues."
+        ),
+    ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Pool processes or threads.")] = None,
     pool: Annotated[
         str | None,
@@ -197,10 +206,14 @@ def worker(
     ] = None,
 ) -> None:
     """Run a Celery worker (distributed mode). `--queues webhooks` runs a webhook sender:
-    threads that wait on receivers (INFERQ_WEBHOOK_CONCURRENCY of them), no model."""
+    threads that wait on receivers (INFERQ_WEBHOOK_CONCURRENCY of them), no model.
+    `--tasks langid` runs a worker for the tasks named only, which scales on its own."""
     from core.broker import WEBHOOKS_QUEUE
 
     settings = _setup()
+    if tasks is not None:
+        queues = _task_worker_queues(tasks, queues, settings)
+    queues = queues or "interactive,bulk,maintenance"
     senders_only = queues == WEBHOOKS_QUEUE
     pool = pool or ("threads" if senders_only else "prefork")
     # Pool children record metrics into files here; the main process serves them all on
@@ -223,6 +236,29 @@ def worker(
             f"--loglevel={settings.log_level}",
         ]
     )
+
+
+def _task_worker_queues(tasks: str, queues: str | None, settings: Settings) -> str:
+    """The queues of a `--tasks` worker; its pool children warm only those tasks' models."""
+    import json
+
+    from core.broker import queues_for_tasks
+    from core.inference.registry import task_names
+
+    if queues is not None:
+        # Refused rather than combined: a worker that also takes shared queues would run every
+        # task, and the point of --tasks is a worker whose size follows its tasks alone.
+        raise typer.BadParameter("use --tasks or --queues, not both", param_hint="--tasks")
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    unknown = sorted(set(names) - task_names())
+    if unknown:
+        raise typer.BadParameter(f"unknown tasks {unknown}", param_hint="--tasks")
+    try:
+        chosen = queues_for_tasks(names, settings)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tasks") from exc
+    os.environ["INFERQ_WARM_TASKS"] = json.dumps(names)  # read again after cache_clear
+    return ",".join(chosen)
 
 
 @app.command()

@@ -33,6 +33,44 @@ MAINTENANCE_QUEUE = "maintenance"
 WEBHOOKS_QUEUE = "webhooks"
 
 
+def run_queue(priority: str, task: str | None, settings: Settings) -> str:
+    """The queue a run-items message of ``task`` at ``priority`` goes to: the only place that
+    decides. A task named in INFERQ_TASK_QUEUES has queues of its own (``interactive.langid``,
+    ``bulk.langid``) that only its own workers (``inferq worker --tasks langid``) consume, so it
+    scales on its own; every other task shares ``interactive`` and ``bulk``."""
+    if priority not in QUEUES:
+        raise ValueError(f"unknown priority {priority!r}; expected one of {QUEUES}")
+    if task is not None and task in settings.task_queues:
+        return f"{priority}.{task}"
+    return priority
+
+
+def task_queue_names(settings: Settings) -> tuple[str, ...]:
+    """The queues of the tasks that have their own (none unless INFERQ_TASK_QUEUES names some)."""
+    return tuple(run_queue(p, task, settings) for task in settings.task_queues for p in QUEUES)
+
+
+def all_queues(settings: Settings) -> tuple[str, ...]:
+    """Every queue a message can be sent to: what Celery declares and the backlog reads."""
+    return (*QUEUES, *task_queue_names(settings), MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
+
+
+def queues_for_tasks(tasks: Sequence[str], settings: Settings) -> list[str]:
+    """The queues a worker serving only ``tasks`` consumes. A task without queues of its own
+    is refused: its messages go to the shared queues, so such a worker would consume nothing
+    of it (and nobody else's work either)."""
+    if not tasks:
+        raise ValueError("name at least one task")
+    shared = [task for task in tasks if task not in settings.task_queues]
+    if shared:
+        raise ValueError(
+            f"{', '.join(shared)} has no queues of its own, so a worker for it alone would "
+            f"consume nothing: add it to INFERQ_TASK_QUEUES (now {settings.task_queues}) on every "
+            "inferq process, or run a general worker (no --tasks)"
+        )
+    return [run_queue(priority, task, settings) for task in tasks for priority in QUEUES]
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
@@ -43,7 +81,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_seconds},
         "task_queues": [
             Queue(name)  # type: ignore[no-untyped-call]
-            for name in (*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
+            for name in all_queues(settings)
         ],
         "task_default_queue": "interactive",
         "task_serializer": "json",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -222,6 +223,10 @@ class Settings(BaseSettings):
 
     # Tasks whose models a worker loads and runs once before it takes work.
     warm_tasks: list[str] = Field(default_factory=lambda: ["sentiment"])
+    # Tasks with queues of their own (JSON list, e.g. ["ner", "langid"]): their work goes to
+    # interactive.<task> and bulk.<task>, served by `inferq worker --tasks ...` workers that scale
+    # on their own; every other task shares interactive and bulk. The same on every process.
+    task_queues: list[str] = Field(default_factory=list)
 
     device: str = "auto"
     # Matmul precision of the transformer tiers. auto: bf16 on CUDA cards that have it (else fp16)
@@ -286,6 +291,14 @@ class Settings(BaseSettings):
             raise ValueError("must be seconds separated by commas, e.g. 0,5,300") from exc
         if any(delay < 0 for delay in delays):
             raise ValueError("delays cannot be negative")
+        return value
+
+    @field_validator("task_queues")
+    @classmethod
+    def _task_names(cls, value: list[str]) -> list[str]:
+        for name in value:  # a queue name is built from it: no dots, commas or blanks
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a task name")
         return value
 
     @field_validator("webhook_allowed_networks")

@@ -193,11 +193,14 @@ class Stack:
         )
         return done.stdout.strip()
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`inferq ARGS` in the background, logging to NAME.log; ``env`` adds to the stack's."""
         log = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -222,8 +225,17 @@ class Stack:
         )
         return self.api_url
 
-    def start_worker(self, name: str = "worker", concurrency: int = 1) -> subprocess.Popen[bytes]:
-        process = self.start(name, "worker", "--pool", "prefork", "--concurrency", str(concurrency))
+    def start_worker(
+        self,
+        name: str = "worker",
+        concurrency: int = 1,
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """`inferq worker` (extra ``args``, e.g. ``--tasks langid``), once its models are warm."""
+        process = self.start(
+            name, "worker", "--pool", "prefork", "--concurrency", str(concurrency), *args, env=env
+        )
         wait_for(
             lambda: (
                 self.log(name).count('"worker_warm"') >= concurrency and "ready" in self.log(name)

@@ -14,7 +14,8 @@ from pathlib import Path
 from celery.beat import EmbeddedService
 from celery.worker import state as worker_state
 
-from core.broker import MAINTENANCE_QUEUE, QUEUES, WEBHOOKS_QUEUE
+from core.broker import all_queues
+from core.config import get_settings
 from workers.app import celery_app
 
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -29,7 +30,8 @@ def running_worker(data_dir: Path, *, with_beat: bool = True) -> Iterator[None]:
         concurrency=1,
         pool="solo",
         hostname="embedded@localhost",
-        queues=[*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE],
+        # Every queue, dedicated task queues too: this one worker serves every task.
+        queues=list(all_queues(get_settings())),
         ready_callback=lambda _consumer: ready.set(),
         without_heartbeat=True,
         without_mingle=True,

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 
 from api.deps import DatabaseDep
-from core.broker import MAINTENANCE_QUEUE, QUEUES, WEBHOOKS_QUEUE
+from core.broker import QUEUES, all_queues
 from core.inference.availability import TierReports, describe
 from core.inference.registry import all_tasks
 from core.rollout.report import RolloutCollector
@@ -116,7 +116,7 @@ def _backlog_collector(request: Request) -> BacklogCollector:
         collector = BacklogCollector(
             state.database,
             redis_url=settings.broker_url if settings.broker_url.startswith("redis") else None,
-            queues=(*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE),
+            queues=all_queues(settings),
             tasks=all_tasks,
             priorities=QUEUES,
             cache_seconds=settings.backlog_cache_seconds,

@@ -31,7 +31,8 @@ import structlog
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from core.broker import RunItems, get_celery, send_run_items
+from core.broker import RunItems, get_celery, run_queue, send_run_items
+from core.config import get_settings
 from core.db.bulk import among
 from core.db.models import Job, KafkaRecord, OutboxMessage, utcnow
 from core.db.session import after_commit
@@ -54,8 +55,9 @@ Sender = Callable[[Sequence[OutboxMessage]], None]
 
 @dataclass(frozen=True)
 class RunRequest:
-    """Items of one job to dispatch; ``tokens`` (estimated per item, same order) lets workers
-    flush a micro-batch on its token budget."""
+    """Items of one job to dispatch; ``queue`` is the job's priority (``send_to_celery`` picks
+    the broker queue from it and the task); ``tokens`` (estimated per item, same order) lets
+    workers flush a micro-batch on its token budget."""
 
     job_id: str
     item_ids: Sequence[int]
@@ -145,12 +147,19 @@ def add_kafka_results(session: Session, jobs: Sequence[Job]) -> int:
 
 def send_to_celery(rows: Sequence[OutboxMessage], max_items: int = DEFAULT_MESSAGE_ITEMS) -> None:
     """Run-items rows as broker messages: rows of one task and queue share a message until it
-    holds ``max_items`` items (a row is never split: it is one job's chunk)."""
+    holds ``max_items`` items (a row is never split: it is one job's chunk).
+
+    A row's ``queue`` is its priority; the broker queue is chosen here, when it is sent
+    (``run_queue``: a task in INFERQ_TASK_QUEUES goes to its own queues). Every run-items
+    message — submission, retry, sweeper re-drive, batch top-up — passes through here, and a row
+    written before the setting changed still reaches the workers that serve its task now."""
+    settings = get_settings()
     groups: dict[tuple[str, str | None], list[OutboxMessage]] = defaultdict(list)
     for row in rows:
         if row.kind != RUN_ITEMS_KIND:
             raise ValueError(f"unknown outbox message kind {row.kind!r}")
-        groups[(row.payload["queue"], row.payload.get("task"))].append(row)
+        task = row.payload.get("task")
+        groups[(run_queue(row.payload["queue"], task, settings), task)].append(row)
     app = get_celery()
     for (queue, task), grouped in groups.items():
         for message in _pack(grouped, max_items):

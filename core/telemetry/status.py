@@ -175,9 +175,9 @@ class StatusReader:
     def _queues(self, snapshot: Snapshot) -> dict[str, int]:
         if self._redis is None:
             return {}
-        from core.broker import MAINTENANCE_QUEUE, QUEUES, WEBHOOKS_QUEUE
+        from core.broker import all_queues
 
-        names = (*QUEUES, MAINTENANCE_QUEUE, WEBHOOKS_QUEUE)
+        names = all_queues(self.settings)
         try:
             return queue_lengths(self._redis, names)
         except redis.RedisError as exc:

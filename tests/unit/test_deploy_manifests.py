@@ -43,6 +43,7 @@ APP_SERVICES = (
     "worker-maintenance",
     "webhooks",
     "gpu-worker",
+    "worker-langid",
     "beat",
     "ingest",
 )
@@ -212,7 +213,7 @@ def test_the_webhooks_queue_has_its_own_torch_free_sender() -> None:
         (name, service)
         for name, service in services().items()
         if command_of(service)[:2] == ["inferq", "worker"]
-        and "webhooks" in command_of(service)[command_of(service).index("--queues") + 1]
+        and "webhooks" in option(command_of(service), "--queues")
     ]
     assert [name for name, _ in senders] == ["webhooks"]
     _, sender = senders[0]
@@ -1358,7 +1359,7 @@ def configured_data_dir() -> Path:
     return Path(config["data"]["INFERQ_DATA_DIR"])
 
 
-@pytest.mark.parametrize("name", ["inferq-worker", "inferq-worker-gpu"])
+@pytest.mark.parametrize("name", ["inferq-worker", "inferq-worker-gpu", "inferq-worker-langid"])
 def test_inference_workers_mount_the_model_store_where_rollouts_look(name: str) -> None:
     """A rollout names trained versions that workers load from data_dir/models (the model
     store, core.inference.versions): the shared volume must sit exactly there."""
@@ -1375,7 +1376,7 @@ def test_inference_workers_mount_the_model_store_where_rollouts_look(name: str) 
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
 
 
-@pytest.mark.parametrize("name", ["worker", "gpu-worker"])
+@pytest.mark.parametrize("name", ["worker", "gpu-worker", "worker-langid"])
 def test_compose_inference_workers_share_the_model_store(name: str) -> None:
     from core.inference.versions import models_root
 
@@ -1383,3 +1384,143 @@ def test_compose_inference_workers_share_the_model_store(name: str) -> None:
     store = str(models_root(Path(env_of(service)["INFERQ_DATA_DIR"])))
     assert f"models:{store}" in service["volumes"]
     assert "models" in compose()["volumes"]
+
+
+# --------------------------------------------------------------------------------------------
+# Tasks with workers of their own (INFERQ_TASK_QUEUES, `inferq worker --tasks`)
+# --------------------------------------------------------------------------------------------
+
+
+def option(args: list[str], name: str) -> list[str]:
+    return args[args.index(name) + 1].split(",") if name in args else []
+
+
+def consumed_queues(args: list[str], settings: Any) -> set[str]:
+    """What `inferq worker ARGS` consumes, computed by the code the command runs."""
+    from core.broker import queues_for_tasks
+
+    if "--tasks" in args:
+        return set(queues_for_tasks(option(args, "--tasks"), settings))
+    return set(option(args, "--queues") or ["interactive", "bulk", "maintenance"])
+
+
+def routed_queues(task: str, settings: Any) -> set[str]:
+    """Where the API, the sweeper and retries send `task`'s run-items (core.broker.run_queue)."""
+    from core.broker import QUEUES, run_queue
+
+    return {run_queue(priority, task, settings) for priority in QUEUES}
+
+
+def k8s_settings() -> Any:
+    from core.config import Settings
+
+    (config,) = [doc for _, doc in k8s_documents() if doc["kind"] == "ConfigMap"]
+    return Settings(task_queues=json.loads(config["data"].get("INFERQ_TASK_QUEUES", "[]")))
+
+
+def compose_settings() -> Any:
+    from core.config import Settings
+
+    return Settings(
+        task_queues=json.loads(compose()["x-inferq-env"].get("INFERQ_TASK_QUEUES", "[]"))
+    )
+
+
+def k8s_inference_workers() -> dict[str, list[str]]:
+    """Deployment name -> args of each `inferq worker` that runs models."""
+    found = {}
+    for deployment in kind("Deployment"):
+        for container in containers(deployment):
+            args = [str(a) for a in container.get("args", [])]
+            if args[:2] == ["inferq", "worker"] and (
+                "--tasks" in args or {"interactive", "bulk"} & set(option(args, "--queues"))
+            ):
+                found[deployment["metadata"]["name"]] = args
+    return found
+
+
+def compose_inference_workers() -> dict[str, list[str]]:
+    found = {}
+    for name, service in services().items():
+        args = command_of(service)
+        if args[:2] == ["inferq", "worker"] and (
+            "--tasks" in args or {"interactive", "bulk"} & set(option(args, "--queues"))
+        ):
+            found[name] = args
+    return found
+
+
+def test_langid_has_queues_of_its_own_in_both_deployments() -> None:
+    assert k8s_settings().task_queues == ["langid"]
+    assert compose_settings().task_queues == ["langid"]
+
+
+@pytest.mark.parametrize("where", ["k8s", "compose"])
+def test_every_task_is_consumed_where_its_work_is_routed_and_only_its_workers_take_it(
+    where: str,
+) -> None:
+    """Each task's queues (computed by run_queue) are consumed by some worker; a dedicated
+    task's only by the workers started with `--tasks` naming it, never by a general worker."""
+    from core.inference.registry import task_names
+
+    settings = k8s_settings() if where == "k8s" else compose_settings()
+    workers = k8s_inference_workers() if where == "k8s" else compose_inference_workers()
+    consumed = {name: consumed_queues(args, settings) for name, args in workers.items()}
+    for task in sorted(task_names()):
+        routed = routed_queues(task, settings)
+        takers = sorted(name for name, queues in consumed.items() if routed & queues)
+        assert takers, f"{where}: nobody consumes {task}'s queues {sorted(routed)}"
+        for name in takers:
+            assert routed <= consumed[name], f"{name} takes only part of {sorted(routed)}"
+        if task in settings.task_queues:
+            assert all(task in option(workers[name], "--tasks") for name in takers), (
+                f"{where}: {task} has queues of its own, yet {takers} consume them"
+            )
+            assert any("--tasks" in workers[name] for name in takers)
+
+
+def test_the_langid_deployment_consumes_exactly_the_queues_langid_is_routed_to() -> None:
+    settings = k8s_settings()
+    (worker,) = containers(named("Deployment", "inferq-worker-langid"))
+    assert option(worker["args"], "--tasks") == ["langid"]
+    assert "--queues" not in worker["args"], "the command refuses --tasks with --queues"
+    assert consumed_queues(worker["args"], settings) == routed_queues("langid", settings)
+    assert routed_queues("langid", settings) == {"interactive.langid", "bulk.langid"}
+    general = consumed_queues(k8s_inference_workers()["inferq-worker"], settings)
+    assert not general & routed_queues("langid", settings)
+
+
+def test_the_langid_workers_scale_on_langid_queues_and_backlog_alone() -> None:
+    settings = k8s_settings()
+    so = named("ScaledObject", "inferq-worker-langid")
+    assert so["spec"]["scaleTargetRef"]["name"] == "inferq-worker-langid"
+    lists = {t["listName"] for t in triggers_of("inferq-worker-langid", "redis")}
+    assert lists == routed_queues("langid", settings)
+    for priority, target in (("interactive", 30.0), ("bulk", 600.0)):
+        trigger = backlog_seconds_trigger("inferq-worker-langid", priority)
+        assert matcher_values(trigger["query"], "task") == {"langid"}
+        assert float(trigger["threshold"]) == target
+
+
+def task_exclusions(expr: str) -> set[str]:
+    return {
+        m.value
+        for s in selectors(expr)
+        for m in s.matchers.matchers
+        if m.name == "task" and m.op == promql_parser.MatchOp.NotEqual
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "priorities"),
+    [("inferq-worker", ("interactive", "bulk")), ("inferq-worker-gpu", ("bulk",))],
+)
+def test_general_workers_do_not_scale_on_the_backlog_of_tasks_with_workers_of_their_own(
+    name: str, priorities: tuple[str, ...]
+) -> None:
+    dedicated = set(k8s_settings().task_queues)
+    for priority in priorities:
+        query = backlog_seconds_trigger(name, priority)["query"]
+        assert task_exclusions(query) == dedicated, query
+    lists = {t["listName"] for t in triggers_of(name, "redis")}
+    assert not lists & {q for task in dedicated for q in routed_queues(task, k8s_settings())}

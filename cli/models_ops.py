@@ -228,8 +228,11 @@ def _train_shipped(task: str, seed: int, out_dir: Path | None, device: str) -> N
     from core.inference import light, training, transformer
     from core.inference.evaluation import DEFAULT_SST2_DIR
 
+    if task == "topic":
+        _train_topic(seed, out_dir)
+        return
     if task != "sentiment":
-        raise typer.BadParameter(f"only 'sentiment' has trainable models, not {task!r}")
+        raise typer.BadParameter(f"only sentiment and topic have trainable models, not {task!r}")
     light_dir = out_dir / "sentiment-light" if out_dir else light.DEFAULT_LIGHT_ARTEFACT_DIR
     path = light.train_light_sentiment(DEFAULT_SST2_DIR, light_dir, seed=seed)
     console.print(f"fallback (TF-IDF + logistic regression) written to {path}")
@@ -254,6 +257,21 @@ def _train_shipped(task: str, seed: int, out_dir: Path | None, device: str) -> N
     profile_task(task, device=device, progress=console.print)
 
 
+def _train_topic(seed: int, out_dir: Path | None) -> None:
+    """Both topic tiers from data/agnews, in place (or into `out_dir`)."""
+    from core.inference import topic, training
+
+    light_dir = out_dir / "topic-light" if out_dir else topic.TOPIC_LIGHT_DIR
+    path = topic.train_light_topic(topic.DEFAULT_AGNEWS_DIR, light_dir, seed=seed)
+    console.print(f"fallback (TF-IDF + logistic regression) written to {path}")
+    primary_dir = out_dir / "topic" if out_dir else topic.TOPIC_ARTEFACT_DIR
+    (primary_dir / "calibration.json").unlink(missing_ok=True)  # fitted for the old weights
+    path = training.train_topic(
+        topic.DEFAULT_AGNEWS_DIR, primary_dir, seed=seed, progress=console.print
+    )
+    console.print(f"primary (MiniLM + LoRA) written to {path}")
+
+
 def evaluate(
     task: Annotated[str, typer.Argument(help="Task to evaluate.")] = "sentiment",
     data: Annotated[
@@ -275,21 +293,23 @@ def evaluate(
 ) -> None:
     """Accuracy, macro-F1 and ECE (15 bins) of every tier of TASK, or of one artefact, on DATA
     (default: SST-2 test), with predict() time per 1,000 inputs on this machine. `ner`: entity
-    P/R/F1 on data/ner/test.jsonl; `langid`: accuracy on data/langid/eval.tsv (DATA in the same
-    format)."""
+    P/R/F1 on data/ner/test.jsonl; `langid`: accuracy on data/langid/eval.tsv; `topic`: accuracy
+    and macro-F1 on data/agnews/test.tsv (DATA in the same format)."""
     from core.config import get_settings
     from core.inference.evaluation import DEFAULT_SST2_DIR
     from core.telemetry.logging import configure_logging
 
     settings = get_settings()
     configure_logging("WARNING", settings.log_format)
-    if task in ("ner", "langid"):
+    if task in ("ner", "langid", "topic"):
         from cli.task_evaluation import evaluate_other
 
         _write_metrics(metrics_json, evaluate_other(task, data, artefact, settings.device))
         return
     if task != "sentiment":
-        raise typer.BadParameter(f"only sentiment, ner and langid can be evaluated, not {task!r}")
+        raise typer.BadParameter(
+            f"only sentiment, ner, langid and topic can be evaluated, not {task!r}"
+        )
     path = data or DEFAULT_SST2_DIR / "test.tsv"
     if not path.is_file():
         raise typer.BadParameter(f"{path} is not a file", param_hint="--data")

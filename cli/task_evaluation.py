@@ -1,11 +1,12 @@
-"""`inferq models evaluate ner|langid`: each tier of the task's chain scored on the project's own
-labelled set, in the shape of sentiment's table.
+"""`inferq models evaluate ner|langid|topic`: each tier of the task's chain scored on the
+project's own labelled set, in the shape of sentiment's table.
 
 - `ner`: entity-level precision, recall and F1 (exact span and label; span only beside it) on
   data/ner/test.jsonl, scored by ``core.inference.ner.evaluate_entities``.
 - `langid`: accuracy on data/langid/eval.tsv by ``core.inference.langid_eval``; an input a tier
   cannot decide (``LanguageUndetected``: the script rule on Latin text) counts as wrong, and the
   accuracy over the decided inputs is shown beside it.
+- `topic`: accuracy and macro-F1 on AG News test (data/agnews/test.tsv, 7,600 rows).
 
 Each tier is loaded exactly as a worker loads it (the registry's adapter, ``load(device=...)``),
 so the figures are those of what serves. Adapters are imported inside the functions.
@@ -41,6 +42,10 @@ def tiers(task: str, device: str) -> Iterator[tuple[str, ModelAdapter]]:
 
 
 def default_data(task: str) -> Path:
+    if task == "topic":
+        from core.inference.topic import DEFAULT_AGNEWS_DIR
+
+        return DEFAULT_AGNEWS_DIR / "test.tsv"
     if task == "ner":
         from core.inference.ner import DEFAULT_NER_SET
 
@@ -71,6 +76,13 @@ def score_langid(adapter: ModelAdapter, path: Path) -> dict[str, Any]:
     score = evaluate_langid(adapter, rows)
     seconds = time.perf_counter() - started
     return {**score, "seconds_per_1000": _per_1000(seconds, rows)}
+
+
+def score_topic(adapter: ModelAdapter, path: Path) -> dict[str, Any]:
+    from core.inference.topic import evaluate_topic
+
+    figures = evaluate_topic(adapter, path)
+    return {**figures, "seconds_per_1000": figures["seconds"] / figures["n"] * 1000}
 
 
 def _per_1000(seconds: float, rows: list[Any]) -> float:
@@ -119,7 +131,18 @@ def langid_table(task: str, figures: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-SCORERS: dict[str, Scorer] = {"ner": score_ner, "langid": score_langid}
+def topic_table(task: str, figures: dict[str, dict[str, Any]]) -> Table:
+    table = Table("task", "tier", "model", "version", "accuracy", "macro-F1", "n", "s/1k")
+    for tier, f in figures.items():
+        table.add_row(
+            task, tier, f["model"], f["version"], f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}",
+            str(f["n"]), f"{f['seconds_per_1000']:.3f}",
+        )  # fmt: skip
+    return table
+
+
+SCORERS: dict[str, Scorer] = {"ner": score_ner, "langid": score_langid, "topic": score_topic}
+TABLES = {"ner": ner_table, "langid": langid_table, "topic": topic_table}
 
 
 def evaluate_task(task: str, path: Path, device: str) -> tuple[dict[str, dict[str, Any]], Table]:
@@ -129,14 +152,15 @@ def evaluate_task(task: str, path: Path, device: str) -> tuple[dict[str, dict[st
         tier: {"model": adapter.name, "version": adapter.version, **scorer(adapter, path)}
         for tier, adapter in tiers(task, device)
     }
-    table = ner_table(task, figures) if task == "ner" else langid_table(task, figures)
+    table = TABLES[task](task, figures)
     return figures, table
 
 
 def evaluate_other(
     task: str, data: Path | None, artefact: Path | None, device: str
 ) -> dict[str, dict[str, Any]]:
-    """`models evaluate ner|langid`: print the tables, return the figures for --metrics-json."""
+    """`models evaluate ner|langid|topic`: print the tables, return the figures for
+    --metrics-json."""
     if artefact is not None:
         raise typer.BadParameter(f"{task!r} has no trained artefacts", param_hint="--artefact")
     path = data or default_data(task)

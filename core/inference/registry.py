@@ -34,6 +34,26 @@ class TaskSpec:
     name: str
     description: str
     chain: tuple[TierSpec, ...]
+    # What a result carries: label/score/scores, entities or embedding (schemas.jobs.ResultOut).
+    outputs: tuple[str, ...] = ("label", "score", "scores")
+    # The labels a result's `label` (or an entity's) can take; () where they are open-ended.
+    # Literals here because the API must not import the adapters; tests hold them equal to them.
+    labels: tuple[str, ...] = ()
+
+
+# Lingua's languages (the langid primary serves all of them), by ISO 639-1 code.
+LANGID_LABELS = (
+    "af", "ar", "az", "be", "bg", "bn", "bs", "ca", "cs", "cy", "da", "de", "el", "en", "eo",
+    "es", "et", "eu", "fa", "fi", "fr", "ga", "gu", "he", "hi", "hr", "hu", "hy", "id", "is",
+    "it", "ja", "ka", "kk", "ko", "la", "lg", "lt", "lv", "mi", "mk", "mn", "mr", "ms", "nb",
+    "nl", "nn", "pa", "pl", "pt", "ro", "ru", "sk", "sl", "sn", "so", "sq", "sr", "st", "sv",
+    "sw", "ta", "te", "th", "tl", "tn", "tr", "ts", "uk", "ur", "vi", "xh", "yo", "zh", "zu",
+)  # fmt: skip
+# en_core_web_sm's entity labels (OntoNotes 5).
+NER_LABELS = (
+    "CARDINAL", "DATE", "EVENT", "FAC", "GPE", "LANGUAGE", "LAW", "LOC", "MONEY", "NORP",
+    "ORDINAL", "ORG", "PERCENT", "PERSON", "PRODUCT", "QUANTITY", "TIME", "WORK_OF_ART",
+)  # fmt: skip
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -47,17 +67,31 @@ TASKS: dict[str, TaskSpec] = {
                 TierSpec("fallback", "core.inference.light:TfidfSentiment"),
                 TierSpec("rules", "core.inference.rules:VaderSentiment"),
             ),
+            labels=("negative", "positive"),
+        ),
+        TaskSpec(
+            name="topic",
+            description="News topic of English text: world, sports, business or sci_tech "
+            "(AG News's four sections).",
+            chain=(
+                TierSpec("primary", "core.inference.topic:TopicTransformer"),
+                TierSpec("fallback", "core.inference.topic:TfidfTopic"),
+            ),
+            labels=("world", "sports", "business", "sci_tech"),
         ),
         TaskSpec(
             name="embed",
             description="384-d L2-normalised sentence embeddings (all-MiniLM-L6-v2).",
             chain=(TierSpec("primary", "core.inference.transformer:SentenceEmbedder"),),
+            outputs=("embedding",),
         ),
         TaskSpec(
             name="ner",
             description="Named entities of English text (spaCy en_core_web_sm): text, label and "
             "character offsets into the input as sent. No fallback: a failure is reported.",
             chain=(TierSpec("primary", "core.inference.ner:SpacyEntities"),),
+            outputs=("entities",),
+            labels=NER_LABELS,
         ),
         TaskSpec(
             name="langid",
@@ -68,6 +102,7 @@ TASKS: dict[str, TaskSpec] = {
                 # Decides only scripts that name one language; Latin text gets no answer here.
                 TierSpec("rules", "core.inference.langid_rules:ScriptLangId"),
             ),
+            labels=LANGID_LABELS,
         ),
     )
 }
@@ -98,6 +133,12 @@ def all_tasks() -> dict[str, TaskSpec]:
             name=name,
             description=config.description,
             chain=tuple(TierSpec(tier.tier, tier.adapter) for tier in config.chain),
+            # A configured chain for a built-in task answers in that task's shape.
+            **(
+                {"outputs": TASKS[name].outputs, "labels": TASKS[name].labels}
+                if name in TASKS
+                else {}
+            ),
         )
         for name, config in get_settings().tasks.items()
     }

@@ -211,10 +211,10 @@ def _classifier_type() -> type[torch.nn.Module]:
 
 
 def build_classifier(
-    dropout: float = 0.1, attn_implementation: str | None = None
+    dropout: float = 0.1, attn_implementation: str | None = None, n_labels: int = 2
 ) -> torch.nn.Module:
     """The base encoder with a freshly initialised head (seed torch first for a repeatable head)."""
-    return _classifier_type()(load_encoder(attn_implementation), len(SENTIMENT_LABELS), dropout)
+    return _classifier_type()(load_encoder(attn_implementation), n_labels, dropout)
 
 
 def read_model_card(artefact_dir: Path) -> dict[str, Any]:
@@ -238,7 +238,8 @@ def load_sentiment_model(
     from peft import PeftModel
 
     check_base_model(artefact_dir)
-    classifier = build_classifier(attn_implementation=attn_implementation)
+    labels = read_model_card(artefact_dir).get("labels", SENTIMENT_LABELS)
+    classifier = build_classifier(attn_implementation=attn_implementation, n_labels=len(labels))
     peft_model = PeftModel.from_pretrained(classifier, str(artefact_dir))
     merged: torch.nn.Module = peft_model.merge_and_unload()
     return merged
@@ -359,31 +360,39 @@ class _BatchedTransformer(TokenisedBatches):
 
 
 def calibrated_predictions(
-    logits: Sequence[Sequence[float]], temperature: float
+    logits: Sequence[Sequence[float]], temperature: float, labels: Sequence[str] = SENTIMENT_LABELS
 ) -> list[Prediction]:
     """Predictions from rows of logits, scored softmax(logits / T): what every runtime serves."""
-    return sentiment_predictions(scaled_probabilities(logits, temperature))
+    return label_predictions(scaled_probabilities(logits, temperature), labels)
 
 
 def sentiment_predictions(rows: Iterable[Sequence[float]]) -> list[Prediction]:
     """Predictions from rows of label probabilities in SENTIMENT_LABELS order (any runtime)."""
+    return label_predictions(rows, SENTIMENT_LABELS)
+
+
+def label_predictions(rows: Iterable[Sequence[float]], labels: Sequence[str]) -> list[Prediction]:
+    """Predictions from rows of probabilities in `labels` order; a tie goes to the first label."""
     predictions = []
     for probabilities in rows:
-        scores = dict(zip(SENTIMENT_LABELS, probabilities, strict=True))
+        scores = dict(zip(labels, probabilities, strict=True))
         label = max(scores, key=scores.__getitem__)
         predictions.append(Prediction(label=label, score=scores[label], scores=scores))
     return predictions
 
 
 class SentimentTransformer(_BatchedTransformer):
-    """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (LoRA, merged at load)."""
+    """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (LoRA, merged at load).
+    A subclass with other ARTEFACT_DIR and LABELS serves another classification task."""
 
+    ARTEFACT_DIR: Path = SENTIMENT_ARTEFACT_DIR
+    LABELS: tuple[str, ...] = SENTIMENT_LABELS
     temperature: float = 1.0  # set by load() from calibration.json
 
     @classmethod
     def current_version(cls) -> str:
         """The version load() would report, computed from files alone (no torch)."""
-        return artefact_version(SENTIMENT_ARTEFACT_DIR)
+        return artefact_version(cls.ARTEFACT_DIR)
 
     @classmethod
     def load(
@@ -396,8 +405,10 @@ class SentimentTransformer(_BatchedTransformer):
     ) -> SentimentTransformer:
         """`calibrated=False` serves T = 1 under the weights' own version: the model that
         `inferq models calibrate` fits, whatever calibration.json says."""
-        directory = artefact_dir or SENTIMENT_ARTEFACT_DIR
+        directory = artefact_dir or cls.ARTEFACT_DIR
         card = read_model_card(directory)
+        if tuple(card.get("labels", SENTIMENT_LABELS)) != cls.LABELS:
+            raise RuntimeError(f"{directory} has labels {card.get('labels')}, not {cls.LABELS}")
         model = cls(
             name=str(card["name"]),
             version=artefact_version(directory) if calibrated else weights_version(directory),
@@ -417,7 +428,7 @@ class SentimentTransformer(_BatchedTransformer):
         return self._rows(texts)
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return calibrated_predictions(self._rows(texts), self.temperature)
+        return calibrated_predictions(self._rows(texts), self.temperature, self.LABELS)
 
 
 class QuantizedSentimentTransformer(SentimentTransformer):

@@ -155,7 +155,7 @@ def test_non_json_body_is_422(client: TestClient) -> None:
         ({"task": "sentiment", "inputs": "just one string"}, "inputs"),
         ({"task": "sentiment", "inputs": [1]}, "inputs.0"),
         ({"task": 5, "inputs": ["ok"]}, "task"),
-        ({"inputs": ["ok"]}, "task"),
+        ({"inputs": ["ok"]}, "body"),  # "give exactly one of `task` ... or `tasks` ..."
         ([{"task": "sentiment", "inputs": ["ok"]}], "body"),
     ],
 )
@@ -169,7 +169,7 @@ def test_wrong_json_types_are_422_naming_the_field(
 def test_unknown_task_is_422_listing_the_tasks(client: TestClient) -> None:
     body = problem(post_job(client, {"task": "translate", "inputs": ["ok"]}), 422)
     assert body["title"] == "Unknown task"
-    assert "available tasks: embed, langid, ner, sentiment" in body["detail"]
+    assert "available tasks: embed, langid, ner, sentiment, topic" in body["detail"]
 
 
 def test_unknown_extra_field_is_422(client: TestClient) -> None:

@@ -302,7 +302,13 @@ def process(
             "per line; .gz is read through; '-' reads JSONL from stdin.",
         ),
     ],
-    task: Annotated[str, typer.Option(help="Task to run.")] = "sentiment",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="Task to run, or several separated by commas (e.g. sentiment,langid,ner): each "
+            'line then gets {"id", "tasks": {name: {"result"|"error"}}}.'
+        ),
+    ] = "sentiment",
     output: Annotated[
         Path | None, typer.Option(help="JSONL results, one line per input (default: stdout).")
     ] = None,
@@ -315,7 +321,14 @@ def process(
     from core.security.keys import local_tenant_id
 
     settings = _setup(quiet_logs=True)
-    check_task(task)
+    tasks = [name.strip() for name in task.split(",")]
+    if len(set(tasks)) != len(tasks):
+        raise typer.BadParameter(f"{task!r} names a task twice", param_hint="--task")
+    for name in tasks:
+        try:
+            check_task(name)
+        except InferqError as exc:
+            raise typer.BadParameter(exc.detail, param_hint="--task") from exc
     if input_path != "-" and not Path(input_path).is_file():
         raise typer.BadParameter(f"{input_path} is not a file", param_hint="INPUT")
     if settings.embedded:
@@ -332,21 +345,27 @@ def process(
 
     started = time.perf_counter()
     try:
-        batch, tally, resumed = processing.run(
-            database, settings, tenant_id, input_path, task, output, console, start_worker
+        ended, tally, resumed = processing.run(
+            database, settings, tenant_id, input_path, tasks, output, console, start_worker
         )
     except InferqError as exc:
         console.print(f"[red]{exc.detail}[/red]")
         raise typer.Exit(1) from exc
-    _summary(batch, tally, resumed, time.perf_counter() - started, output)
+    _summary(ended, tally, resumed, time.perf_counter() - started, output)
 
 
 def _summary(
-    batch: Batch, tally: processing.Written, resumed: bool, elapsed: float, output: Path | None
+    ended: list[Batch],
+    tally: processing.Written,
+    resumed: bool,
+    elapsed: float,
+    output: Path | None,
 ) -> None:
     table = Table(title="inferq process", show_header=False)
-    table.add_row("batch", f"{batch.id} ({batch.status}{', resumed' if resumed else ''})")
-    table.add_row("lines", f"{batch.total:,}")
+    for batch in ended:
+        name = "batch" if len(ended) == 1 else f"batch ({batch.task})"
+        table.add_row(name, f"{batch.id} ({batch.status}{', resumed' if resumed else ''})")
+    table.add_row("lines", f"{ended[0].total:,}")
     if tally.skipped:
         table.add_row("already written", f"{tally.skipped:,}")
     table.add_row("written now", f"{tally.written:,}")

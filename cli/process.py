@@ -1,5 +1,7 @@
 """``inferq process``: a file through the batch path, results written as they finish, in input
-order, resumable.
+order, resumable. ``--task a,b`` runs one batch per task over the same lines (the file is read
+once) and writes each line once all its tasks have finished: ``{"id", "tasks": {name: {"result"
+| "error"}}}``.
 
 The input is hashed first: the same input and task are the same batch (its idempotency key), so
 a run killed at any point and started again finds its batch instead of submitting again. The
@@ -14,10 +16,11 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -57,15 +60,23 @@ def input_key(path: str, task: str) -> str | None:
 
 
 def submit(
-    database: Database, settings: Settings, tenant_id: int, path: str, task: str, console: Console
-) -> tuple[uuid.UUID, bool]:
-    """The batch for this input: the earlier one (resumed) or a new one. Returns (id, resumed)."""
-    key = input_key(path, task)
-    if key is not None:
-        with database.read() as session:
-            earlier = batches.find_by_key(session, tenant_id, key)
-            if earlier is not None:
-                return earlier.id, True
+    database: Database,
+    settings: Settings,
+    tenant_id: int,
+    path: str,
+    tasks: Sequence[str],
+    console: Console,
+) -> tuple[list[uuid.UUID], bool]:
+    """The batch of each task for this input: earlier ones (resumed when all are) and new ones
+    for the rest, written while the file is read once. Returns (ids in task order, resumed)."""
+    keys = {task: input_key(path, task) for task in tasks}
+    found: dict[str, uuid.UUID] = {}
+    with database.read() as session:
+        for task, key in keys.items():
+            if key is not None and (earlier := batches.find_by_key(session, tenant_id, key)):
+                found[task] = earlier.id
+    if len(found) == len(tasks):
+        return [found[task] for task in tasks], True
     columns = (
         SpinnerColumn(),
         TextColumn("[bold]reading {task.fields[name]}"),
@@ -77,17 +88,26 @@ def submit(
         database.transaction() as session,
     ):
         bar = progress.add_task("read", name=path, total=None)
-        request = batches.BatchRequest(
-            task, metadata={"source": "process", "file": Path(path).name}, idempotency_key=key
-        )
-        batch = batches.open_batch(session, settings, tenant_id, request)
-        writer = batches.BatchWriter(session, settings, batch)
+        writers = {}
+        for task in tasks:
+            if task in found:
+                continue
+            request = batches.BatchRequest(
+                task,
+                metadata={"source": "process", "file": Path(path).name},
+                idempotency_key=keys[task],
+            )
+            batch = batches.open_batch(session, settings, tenant_id, request)
+            writers[task] = batches.BatchWriter(session, settings, batch)
+            found[task] = batch.id
         for number, line in enumerate(file_lines(path, settings, input_format(path)), start=1):
-            writer.add(line)
+            for writer in writers.values():
+                writer.add(line)
             if number % 4096 == 0:
                 progress.update(bar, completed=number)
-        writer.finish()
-        return batch.id, False
+        for writer in writers.values():
+            writer.finish()
+    return [found[task] for task in tasks], False
 
 
 def reclaim(database: Database, settings: Settings, batch_id: uuid.UUID) -> int:
@@ -144,13 +164,15 @@ def resume_point(database: Database, batch_id: uuid.UUID, output: Path | None) -
 
 def write_in_order(
     database: Database,
-    batch_id: uuid.UUID,
+    batch_ids: Sequence[uuid.UUID],
+    tasks: Sequence[str],
     out: IO[str],
     after_line: int,
     tally: Written,
     console: Console,
-) -> Batch:
-    """Write each line's result as soon as it and every line before it have finished."""
+) -> list[Batch]:
+    """Write each line's result as soon as it and every line before it have finished (in every
+    task's batch, when there are several)."""
     columns = (
         TextColumn("[bold]processing"),
         BarColumn(),
@@ -161,27 +183,59 @@ def write_in_order(
         TimeElapsedColumn(),
     )
     started = time.perf_counter()
-    batch = _snapshot(database, batch_id)
-    first_done = _done(batch)
+    snapshots = [_snapshot(database, batch_id) for batch_id in batch_ids]
+    first_done = _done(snapshots)
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("lines", total=batch.total, completed=first_done, rate="0")
+        bar = progress.add_task("lines", total=snapshots[0].total, completed=first_done, rate="0")
         while True:
             with database.read() as session:
-                page = batches.result_page(session, batch_id, after_line, until_unfinished=True)
-            batch = _snapshot(database, batch_id)
-            for _, line in page.lines:
+                pages = [
+                    batches.result_page(session, batch_id, after_line, until_unfinished=True)
+                    for batch_id in batch_ids
+                ]
+            snapshots = [_snapshot(database, batch_id) for batch_id in batch_ids]
+            lines = _merged(pages, tasks)
+            for line in lines:
                 out.write(json.dumps(line, ensure_ascii=False) + "\n")
-                tally.outcomes[_outcome(line)] += 1
-            if page.lines:
+                tally.outcomes.update(_outcomes(line, tasks))
+            if lines:
                 out.flush()
-                tally.written += len(page.lines)
-            after_line = page.last_line
-            rate = (_done(batch) - first_done) / max(time.perf_counter() - started, 1e-9)
-            progress.update(bar, completed=_done(batch), rate=f"{rate:,.0f}")
-            if not page.lines and not page.waiting:
-                return batch  # every line is written
-            if page.waiting and len(page.lines) < batches.RESULT_PAGE_LINES:
+                tally.written += len(lines)
+                after_line = min(page.last_line for page in pages)
+            rate = (_done(snapshots) - first_done) / max(time.perf_counter() - started, 1e-9)
+            progress.update(bar, completed=_done(snapshots), rate=f"{rate:,.0f}")
+            waiting = any(page.waiting for page in pages)
+            if not lines and not waiting:
+                return snapshots  # every line is written
+            if waiting and len(lines) < batches.RESULT_PAGE_LINES:
                 time.sleep(POLL_SECONDS)
+
+
+def _merged(pages: Sequence[batches.ResultPage], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """One batch: its lines as they are. Several (one per task, same input lines): the lines
+    every batch has finished, each as {"id", "tasks": {task: its line without the id}}."""
+    if len(pages) == 1:
+        return [line for _, line in pages[0].lines]
+    ready = min(len(page.lines) for page in pages)
+    merged = []
+    for position in range(ready):
+        first = pages[0].lines[position][1]
+        merged.append(
+            {
+                "id": first.get("id"),
+                "tasks": {
+                    task: {k: v for k, v in page.lines[position][1].items() if k != "id"}
+                    for task, page in zip(tasks, pages, strict=True)
+                },
+            }
+        )
+    return merged
+
+
+def _outcomes(line: dict[str, Any], tasks: Sequence[str]) -> list[str]:
+    if len(tasks) == 1:
+        return [_outcome(line)]
+    return [f"{task} {_outcome(line['tasks'][task])}" for task in tasks]
 
 
 def _snapshot(database: Database, batch_id: uuid.UUID) -> Batch:
@@ -193,8 +247,9 @@ def _snapshot(database: Database, batch_id: uuid.UUID) -> Batch:
     return batch
 
 
-def _done(batch: Batch) -> int:
-    return batch.completed + batch.failed + batch.cancelled
+def _done(snapshots: Sequence[Batch]) -> int:
+    """Lines finished in every batch (the slowest task's count)."""
+    return min(batch.completed + batch.failed + batch.cancelled for batch in snapshots)
 
 
 def _outcome(line: dict[str, object]) -> str:
@@ -210,28 +265,36 @@ def run(
     settings: Settings,
     tenant_id: int,
     input_path: str,
-    task: str,
+    tasks: Sequence[str],
     output: Path | None,
     console: Console,
     start_worker: object = None,
-) -> tuple[Batch, Written, bool]:
-    """Submit (or find) the batch, then write its results in order; ``start_worker`` (a context
-    manager factory) runs the embedded worker once the upload is written."""
-    batch_id, resumed = submit(database, settings, tenant_id, input_path, task, console)
-    skipped, after_line = resume_point(database, batch_id, output) if resumed else (0, 0)
+) -> tuple[list[Batch], Written, bool]:
+    """Submit (or find) the batches, one per task, then write their results in order;
+    ``start_worker`` (a context manager factory) runs the embedded worker once the upload is
+    written."""
+    batch_ids, resumed = submit(database, settings, tenant_id, input_path, tasks, console)
+    skipped, after_line = resume_point(database, batch_ids[0], output) if resumed else (0, 0)
     tally = Written(skipped=skipped)
     with ExitStack() as stack:
         # The embedded worker (and its model) starts only if something is left to run: a file
         # answered from the cache at upload needs neither.
-        if start_worker is not None and _snapshot(database, batch_id).status not in TERMINAL_BATCH:
+        unfinished = [
+            batch_id
+            for batch_id in batch_ids
+            if _snapshot(database, batch_id).status not in TERMINAL_BATCH
+        ]
+        if start_worker is not None and unfinished:
             if resumed:
-                reclaim(database, settings, batch_id)
+                for batch_id in unfinished:
+                    reclaim(database, settings, batch_id)
             stack.enter_context(start_worker())  # type: ignore[operator]
         if output is None:
             out: IO[str] = sys.stdout
         else:
             out = stack.enter_context(output.open("a" if resumed else "w", encoding="utf-8"))
-        batch = write_in_order(database, batch_id, out, after_line, tally, console)
-    if batch.status not in TERMINAL_BATCH and batch.status != BatchStatus.IN_PROGRESS:
-        console.print(f"[yellow]batch {batch.id} is {batch.status}[/yellow]")
-    return batch, tally, resumed
+        ended = write_in_order(database, batch_ids, tasks, out, after_line, tally, console)
+    for batch in ended:
+        if batch.status not in TERMINAL_BATCH and batch.status != BatchStatus.IN_PROGRESS:
+            console.print(f"[yellow]batch {batch.id} is {batch.status}[/yellow]")
+    return ended, tally, resumed

@@ -6,19 +6,38 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 from schemas.webhooks import WebhookOut
+
+MAX_TASKS_PER_JOB = 8
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: StrictStr = Field(description="Registered task name, e.g. 'sentiment' or 'embed'.")
+    task: StrictStr | None = Field(
+        default=None, description="Registered task name, e.g. 'sentiment' or 'embed'."
+    )
+    tasks: list[StrictStr] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TASKS_PER_JOB,
+        description="Instead of `task`: several tasks, each run on every input; each result "
+        "then holds one result per task (`results[i].tasks[name]`).",
+    )
     inputs: list[StrictStr] = Field(description="Texts to run, one result each, in order.")
     priority: Literal["interactive", "bulk"] = "interactive"
     webhook_url: StrictStr | None = Field(default=None, max_length=2048)
     metadata: dict[str, Any] | None = Field(default=None, description="Echoed back as given.")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_tasks(self) -> JobCreate:
+        if (self.task is None) == (self.tasks is None):
+            raise ValueError("give exactly one of `task` (a name) or `tasks` (a list of names)")
+        if self.tasks is not None and len(set(self.tasks)) != len(self.tasks):
+            raise ValueError("`tasks` names a task twice")
+        return self
 
 
 class EntityOut(BaseModel):
@@ -47,10 +66,19 @@ class ResultOut(BaseModel):
     cached: bool
 
 
+class MultiResultOut(BaseModel):
+    """One input's results in a job of several tasks: by task name; a task whose run failed or
+    was cancelled for this input is absent here and listed in `errors` with its name."""
+
+    index: int
+    tasks: dict[str, ResultOut]
+
+
 class ItemError(BaseModel):
     index: int
     status: Literal["failed", "cancelled"]
     error: str | None
+    task: str | None = Field(default=None, description="In a job of several tasks: which one.")
 
 
 class Counts(BaseModel):
@@ -96,7 +124,8 @@ class Usage(BaseModel):
 
 class JobSummary(BaseModel):
     id: uuid.UUID
-    task: str
+    task: str = Field(description="The task; for a job of several, their names joined by ','.")
+    tasks: list[str] | None = Field(default=None, description="A job of several tasks: them.")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     priority: str
     created_at: datetime
@@ -107,8 +136,8 @@ class JobSummary(BaseModel):
 
 
 class JobOut(JobSummary):
-    counts: Counts
-    results: list[ResultOut]
+    counts: Counts = Field(description="Over (input, task) pairs in a job of several tasks.")
+    results: list[ResultOut] | list[MultiResultOut]
     errors: list[ItemError]
     usage: Usage = Field(default_factory=Usage)
     webhook: WebhookOut | None = Field(

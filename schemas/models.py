@@ -20,6 +20,8 @@ class TaskOut(BaseModel):
     task: str
     description: str
     chain: list[TierOut]
+    outputs: list[str]  # the result fields this task fills: label/score/scores, entities, ...
+    labels: list[str]  # the values `label` (or an entity's label) takes; [] if open-ended
 
 
 class ModelList(BaseModel):

@@ -104,7 +104,13 @@ async def create_job(
 ) -> JobOut:
     wait = preferred_wait(prefer, settings.max_wait_seconds)
     tenant_id = caller.tenant_id
-    request = JobRequest(body.task, body.inputs, body.priority, body.webhook_url, body.metadata)
+    request = JobRequest.of_tasks(
+        body.tasks or [body.task or ""],
+        body.inputs,
+        priority=body.priority,
+        webhook_url=body.webhook_url,
+        metadata=body.metadata,
+    )
     new_id = uuid.uuid4()
     async with AsyncExitStack() as stack:
         # With a wait, watch for the job before it exists: an announcement cannot then be
@@ -128,7 +134,8 @@ async def create_job(
         job_id = submitted.job.id
         response.headers["Location"] = f"/v1/jobs/{job_id}"
         if submitted.created:
-            JOBS_SUBMITTED.labels(body.task, "http").inc()
+            for task in request.tasks or (request.task,):
+                JOBS_SUBMITTED.labels(task, "http").inc()
         else:
             response.headers["Idempotent-Replayed"] = "true"
         # A new job is answered from what was just written; an earlier one is read back.

@@ -57,6 +57,8 @@ def _describe(circuits: Circuits, reports: TierReports) -> ModelList:
                     )
                     for tier in spec.chain
                 ],
+                outputs=list(spec.outputs),
+                labels=list(spec.labels),
             )
             for spec in tasks
         ]

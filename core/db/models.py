@@ -216,6 +216,13 @@ class Job(Base):
     usage_primary: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     usage_fallback: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     usage_rules: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A job asking several tasks of each input ("tasks": [...]) is a parent with no items of
+    # its own: `tasks` names them in order, and one child job per task (parent_id set) runs
+    # exactly as a single-task job does. The parent ends when its last child ends.
+    tasks: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE", name="fk_jobs_parent"), default=None, index=True
+    )
 
     items: Mapped[list[JobItem]] = relationship(
         back_populates="job", order_by="JobItem.index", cascade="all, delete-orphan"

@@ -331,6 +331,43 @@ def settle_jobs(session: Session, jobs: Iterable[Job]) -> None:
         for job in finished:
             deliveries.add_job_event(session, job)
         announce_finished_many(session, [job.id for job in finished])
+        settle_parents(session, [job.parent_id for job in finished if job.parent_id is not None])
+
+
+def settle_parents(session: Session, parent_ids: Iterable[uuid.UUID]) -> None:
+    """Finish the jobs of several tasks whose last child just ended, in the transaction that
+    ended it: failed if every child failed, cancelled if every child was, else succeeded; their
+    webhook event and long-poll announcement as for any job. Locked after their children (the
+    order every path takes), so two workers ending two children wait in turn, not on each other.
+    """
+    parents = lock_jobs(session, parent_ids)
+    open_parents = [p for p in parents.values() if p.status not in TERMINAL_JOB]
+    if not open_parents:
+        return
+    session.flush()
+    statuses: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for parent_id, status in session.execute(
+        select(Job.parent_id, Job.status).where(
+            among(session, Job.parent_id, [p.id for p in open_parents])
+        )
+    ).tuples():
+        statuses[parent_id].append(status)  # type: ignore[index]
+    now, finished = utcnow(), []
+    for parent in open_parents:
+        children = statuses[parent.id]
+        if not children or any(status not in TERMINAL_JOB for status in children):
+            continue
+        target = JobStatus.SUCCEEDED
+        if all(status == JobStatus.FAILED for status in children):
+            target = JobStatus.FAILED
+            parent.error = "every task failed on every input; see each input's error"
+        elif all(status == JobStatus.CANCELLED for status in children):
+            target = JobStatus.CANCELLED
+        parent.status = job_transition(parent.status, target)
+        parent.finished_at = now
+        deliveries.add_job_event(session, parent)
+        finished.append(parent.id)
+    announce_finished_many(session, finished)
 
 
 def retire(item: JobItem) -> None:

@@ -3,13 +3,24 @@ webhook events)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.db.models import Job
 from core.inference.engine import Output
 from core.jobs.state import ItemStatus
 from core.jobs.usage import job_usage
-from schemas.jobs import Counts, EntityOut, ItemError, JobOut, JobSummary, ResultOut
+from schemas.jobs import (
+    Counts,
+    EntityOut,
+    ItemError,
+    JobOut,
+    JobSummary,
+    MultiResultOut,
+    ResultOut,
+    TierCounts,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from core.jobs.queries import JobView
@@ -79,6 +90,7 @@ def job_summary(job: Job) -> JobSummary:
     return JobSummary(
         id=job.id,
         task=job.task,
+        tasks=job.tasks,
         status=job.status,
         priority=job.priority,
         created_at=job.created_at,
@@ -90,6 +102,8 @@ def job_summary(job: Job) -> JobSummary:
 
 
 def job_out(view: JobView) -> JobOut:
+    if view.job.tasks:
+        return _parent_out(view)
     counts = view.counts
     done = sum(
         counts.get(s, 0) for s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED)
@@ -112,3 +126,62 @@ def job_out(view: JobView) -> JobOut:
         usage=job_usage(view.job, (item.result for item in view.items)),
         webhook=view.webhook,
     )
+
+
+def _parent_out(view: JobView) -> JobOut:
+    """A job of several tasks: counts over every (input, task), results[i].tasks[name], each
+    error with its task, usage summed over the children. Queued until its last child ends
+    (then its own stored status), running once any child has started."""
+    items = [(child.job.task, item) for child in view.children for item in child.items]
+    statuses = [item.status for _, item in items]
+    done = sum(
+        s in (ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED) for s in statuses
+    )
+    by_index: dict[int, dict[str, ResultOut]] = {}
+    for task, item in items:
+        if item.result is not None:
+            by_index.setdefault(item.index, {})[task] = item.result
+    summary = job_summary(view.job)
+    if summary.status == "queued" and any(child.job.status != "queued" for child in view.children):
+        summary.status = "running"
+    return JobOut(
+        **summary.model_dump(),
+        counts=Counts(
+            total=view.job.total_items,
+            succeeded=statuses.count(ItemStatus.SUCCEEDED),
+            failed=statuses.count(ItemStatus.FAILED),
+            cancelled=statuses.count(ItemStatus.CANCELLED),
+            pending=view.job.total_items - done,
+        ),
+        results=[
+            MultiResultOut(index=index, tasks=results)
+            for index, results in sorted(by_index.items())
+        ],
+        errors=[
+            ItemError(index=item.index, status=item.status, error=item.error, task=task)
+            for task, item in items
+            if item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED)
+        ],
+        usage=_summed(
+            job_usage(child.job, (i.result for i in child.items)) for child in view.children
+        ),
+        webhook=view.webhook,
+    )
+
+
+def _summed(usages: Iterable[Usage]) -> Usage:
+    total = Usage()
+    for usage in usages:
+        total = Usage(
+            inputs=total.inputs + usage.inputs,
+            cached_inputs=total.cached_inputs + usage.cached_inputs,
+            tokens=total.tokens + usage.tokens,
+            model_seconds=total.model_seconds + usage.model_seconds,
+            gpu_model_seconds=total.gpu_model_seconds + usage.gpu_model_seconds,
+            tiers=TierCounts(
+                primary=total.tiers.primary + usage.tiers.primary,
+                fallback=total.tiers.fallback + usage.tiers.fallback,
+                rules=total.tiers.rules + usage.tiers.rules,
+            ),
+        )
+    return total

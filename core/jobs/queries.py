@@ -7,7 +7,7 @@ import binascii
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select, tuple_
@@ -36,6 +36,8 @@ class JobView:
     job: Job
     items: list[ItemView]  # in input order
     webhook: WebhookOut | None = None
+    # A job of several tasks has no items: its children's views, in the order of job.tasks.
+    children: list[JobView] = field(default_factory=list)
 
     @property
     def counts(self) -> Counter[str]:
@@ -62,6 +64,16 @@ def get_jobs(session: Session, wanted: Sequence[tuple[int, uuid.UUID]]) -> list[
             select(Job).where(among(session, Job.id, ids)).execution_options(populate_existing=True)
         )
     }
+    parents = [job.id for job in jobs.values() if job.tasks]
+    children: dict[uuid.UUID, list[Job]] = defaultdict(list)
+    if parents:
+        for child in session.scalars(
+            select(Job)
+            .where(among(session, Job.parent_id, parents))
+            .execution_options(populate_existing=True)
+        ):
+            children[child.parent_id].append(child)  # type: ignore[index]
+            jobs.setdefault(child.id, child)
     rows = session.execute(
         # "position", not "index": a row is a tuple, and tuples have an index() method.
         select(
@@ -85,8 +97,17 @@ def get_jobs(session: Session, wanted: Sequence[tuple[int, uuid.UUID]]) -> list[
         job = jobs.get(job_id)
         if job is None or job.tenant_id != tenant_id:
             views.append(NotFound(f"job {job_id} not found"))
-        else:
-            views.append(JobView(job, items[job_id], webhook_out(session, job)))
+            continue
+        order = {task: position for position, task in enumerate(job.tasks or ())}
+        kids = sorted(children.get(job_id, []), key=lambda child: order.get(child.task, 0))
+        views.append(
+            JobView(
+                job,
+                items[job_id],
+                webhook_out(session, job),
+                children=[JobView(child, items[child.id]) for child in kids],
+            )
+        )
     return views
 
 
@@ -118,7 +139,10 @@ def list_jobs(
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
     # A batch's jobs are its internals: the caller sees the batch (GET /v1/batches).
-    query = select(Job).where(Job.tenant_id == tenant_id, Job.batch_id.is_(None))
+    # A job of several tasks runs as child jobs: the caller sees the parent only.
+    query = select(Job).where(
+        Job.tenant_id == tenant_id, Job.batch_id.is_(None), Job.parent_id.is_(None)
+    )
     if status is not None:
         query = query.where(Job.status == status)
     if cursor:

@@ -45,19 +45,28 @@ class JobRequest:
     priority: str = "interactive"
     webhook_url: str | None = None
     metadata: dict[str, Any] | None = field(default=None)
+    # Several tasks on every input: a parent job and one child job per task (see Job.tasks);
+    # `task` is then their names joined by ",".
+    tasks: tuple[str, ...] | None = None
+
+    @classmethod
+    def of_tasks(cls, tasks: Sequence[str], inputs: list[str], **options: Any) -> JobRequest:
+        """One task (a plain job) or several (a parent job)."""
+        if len(tasks) == 1:
+            return cls(tasks[0], inputs, **options)
+        return cls(",".join(tasks), inputs, tasks=tuple(tasks), **options)
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(
-            {
-                "task": self.task,
-                "inputs": self.inputs,
-                "priority": self.priority,
-                "webhook_url": self.webhook_url,
-                "metadata": self.metadata,
-            },
-            sort_keys=True,
-            ensure_ascii=True,
-        )
+        fields: dict[str, Any] = {
+            "task": self.task,
+            "inputs": self.inputs,
+            "priority": self.priority,
+            "webhook_url": self.webhook_url,
+            "metadata": self.metadata,
+        }
+        if self.tasks is not None:
+            fields["tasks"] = list(self.tasks)
+        canonical = json.dumps(fields, sort_keys=True, ensure_ascii=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -113,18 +122,19 @@ def submit_job(
     )
     checked = _check(submission, settings)
     quota = quota or PendingQuota(session)
+    work = len(checked.texts) * len(request.tasks or (request.task,))
     if idempotency_key is None:
-        quota.take(tenant_id, len(checked.texts), max_pending_inputs)
-        return _created(_insert_many(session, settings, [checked])[0])
+        quota.take(tenant_id, work, max_pending_inputs)
+        return _created(_insert_one(session, settings, checked))
     earlier = _find_by_key(session, tenant_id, idempotency_key)
     if earlier is not None:
         return Submitted(_same_request(earlier, checked.fingerprint), created=False)
-    quota.take(tenant_id, len(checked.texts), max_pending_inputs)
+    quota.take(tenant_id, work, max_pending_inputs)
     # Only a key can collide with a concurrent request's row: the savepoint (two round trips)
     # that lets this transaction go on after losing that race is taken only when there is one.
     try:
         with session.begin_nested():
-            written = _insert_many(session, settings, [checked])[0]
+            written = _insert_one(session, settings, checked)
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
         earlier = _find_by_key(session, tenant_id, idempotency_key)
@@ -148,7 +158,7 @@ def submit_many(
     quota.preload({s.tenant_id for s in submissions if s.max_pending_inputs is not None})
     for position, submission in enumerate(submissions):
         try:
-            if submission.idempotency_key is not None:
+            if submission.idempotency_key is not None or submission.request.tasks:
                 outcomes[position] = submit_job(
                     session,
                     settings,
@@ -174,7 +184,8 @@ def submit_many(
 
 def _check(submission: Submission, settings: Settings) -> _Checked:
     request = submission.request
-    check_task(request.task)
+    for task in request.tasks or (request.task,):
+        check_task(task)
     texts = check_inputs(request.inputs, settings)
     check_metadata(request.metadata)
     check_webhook_url(request.webhook_url, settings)
@@ -187,7 +198,52 @@ def _created(view: JobView) -> Submitted:
     return Submitted(view.job, created=True, written=view)
 
 
-def _insert_many(session: Session, settings: Settings, jobs: Sequence[_Checked]) -> list[JobView]:
+def _insert_one(session: Session, settings: Settings, checked: _Checked) -> JobView:
+    if checked.submission.request.tasks:
+        return _insert_parent(session, settings, checked)
+    return _insert_many(session, settings, [checked])[0]
+
+
+def _insert_parent(session: Session, settings: Settings, checked: _Checked) -> JobView:
+    """A job of several tasks: the parent row (no items), then one ordinary job per task
+    pointing at it, written as any job is (cache answers, items, outbox). The children carry
+    no key, webhook or metadata: the parent answers for them. If the cache answered every
+    child, the parent is written finished too."""
+    tasks = checked.submission.request.tasks or ()
+    now = utcnow()
+    row = _job_row(checked, answered=False, now=now)
+    row.update(tasks=list(tasks), total_items=len(checked.texts) * len(tasks))
+    insert_rows(session, Job, [row])
+    parent = Job(**{_JOB_ATTRIBUTES.get(k, k): v for k, v in row.items()})
+    make_transient_to_detached(parent)
+    session.add(parent)
+    request = checked.submission.request
+    children = [
+        _Checked(
+            Submission(
+                checked.submission.tenant_id,
+                JobRequest(task, request.inputs, request.priority),
+                request_id=checked.submission.request_id,
+            ),
+            checked.texts,
+            checked.fingerprint,
+        )
+        for task in tasks
+    ]
+    views = _insert_many(session, settings, children, parent_id=parent.id)
+    if all(view.job.status == JobStatus.SUCCEEDED for view in views):
+        parent.status, parent.finished_at = JobStatus.SUCCEEDED, now
+        deliveries.add_job_event(session, parent)
+    webhook = WebhookOut(status="pending", attempts=0) if parent.webhook_url else None
+    return JobView(parent, [], webhook, children=views)
+
+
+def _insert_many(
+    session: Session,
+    settings: Settings,
+    jobs: Sequence[_Checked],
+    parent_id: uuid.UUID | None = None,
+) -> list[JobView]:
     """Jobs, their items and their outbox rows, in one statement each. Inputs whose result is
     cached for the current primary model are inserted already succeeded, with their result: no
     message, no worker. A job whose every input is cached is written succeeded: nothing will
@@ -201,6 +257,7 @@ def _insert_many(session: Session, settings: Settings, jobs: Sequence[_Checked])
         _job_row(
             checked, answered=all(d in cached[checked.submission.request.task] for d in hs), now=now
         )
+        | {"parent_id": parent_id}
         for checked, hs in zip(jobs, hashes, strict=True)
     ]
     insert_rows(session, Job, rows)
@@ -256,6 +313,8 @@ def _job_row(checked: _Checked, *, answered: bool, now: datetime) -> dict[str, A
         "created_at": now,
         "updated_at": now,
         "finished_at": now if answered else None,
+        "tasks": None,
+        "parent_id": None,
     }
 
 

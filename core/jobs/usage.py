@@ -256,6 +256,7 @@ def usage_report(
     query = (
         select(Tenant.name, Job.task, func.count(Job.id), *_sums())
         .join(Tenant, Tenant.id == Job.tenant_id)
+        .where(Job.tasks.is_(None))  # a job of several tasks is counted in its children, per task
         .group_by(Tenant.name, Job.task)
         .order_by(Tenant.name, Job.task)
     )

@@ -30,7 +30,7 @@ def pending_inputs(session: Session, tenant_ids: Iterable[int]) -> dict[int, int
         return {}
     rows = session.execute(
         select(Job.tenant_id, func.coalesce(func.sum(Job.total_items), 0))
-        .where(Job.tenant_id.in_(wanted), Job.status.in_(PENDING))
+        .where(Job.tenant_id.in_(wanted), Job.status.in_(PENDING), Job.tasks.is_(None))
         .group_by(Job.tenant_id)
     )
     found = {tenant_id: int(total) for tenant_id, total in rows}

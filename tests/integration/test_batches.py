@@ -437,3 +437,40 @@ def test_the_remote_cli_submits_waits_and_downloads(bulk: Deployment, tmp_path: 
     ids = [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()]
     assert ids == [f"g{i}" for i in range(700)]
     assert status["status"] == "completed" and status["request_counts"]["completed"] == 700
+
+
+def test_inferq_process_with_two_tasks_writes_each_line_once_with_both_results_and_resumes(
+    bulk: Deployment, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "two.jsonl", tmp_path / "two.results.jsonl"
+    source.write_text(
+        "".join(json.dumps({"id": f"t{i}", "text": f"two tasks {i}"}) + "\n" for i in range(900))
+        + "{broken\n",
+        encoding="utf-8",
+    )
+    command = [
+        sys.executable, "-m", "cli", "process", str(source), "--task", "fast,paced",
+        "--output", str(output),
+    ]  # fmt: skip
+    subprocess.run(
+        command, env=bulk.stack.env, cwd=REPO, check=True, timeout=180, capture_output=True
+    )
+    again = subprocess.run(
+        command, env=bulk.stack.env, cwd=REPO, check=True, timeout=180, capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+    lines = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert [line["id"] for line in lines[:900]] == [f"t{i}" for i in range(900)]
+    assert len(lines) == 901  # written once, the rerun resumed and added nothing
+    assert all(set(line["tasks"]) == {"fast", "paced"} for line in lines)
+    assert {line["tasks"]["fast"]["result"]["model"] for line in lines[:900]} == {"healthy"}
+    assert {line["tasks"]["paced"]["result"]["model"] for line in lines[:900]} == {"paced"}
+    assert {task["error"]["code"] for task in lines[900]["tasks"].values()} == {"invalid_json"}
+    assert "resumed" in again.stderr  # the summary table (stdout is for results)
+    with psycopg.connect(bulk.stack.env["INFERQ_DATABASE_URL"].replace("+psycopg", "")) as conn:
+        keys = conn.execute(
+            "SELECT idempotency_key, total FROM batches WHERE idempotency_key LIKE 'process:%'"
+            " AND metadata->>'file' = 'two.jsonl' ORDER BY idempotency_key"
+        ).fetchall()
+    assert [(key.split(":")[1], total) for key, total in keys] == [("fast", 901), ("paced", 901)]

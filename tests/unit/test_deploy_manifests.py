@@ -823,19 +823,40 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler() -> None:
     assert named("HorizontalPodAutoscaler", "inferq-api")["spec"]["minReplicas"] >= 2
 
 
+def autoscaled_minimums() -> dict[str, int]:
+    """Each autoscaled Deployment's name and the fewest replicas its autoscaler keeps."""
+    minimums = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa["spec"].get("minReplicas", 1)
+        for hpa in kind("HorizontalPodAutoscaler")
+    }
+    minimums |= {  # KEDA's default minReplicaCount is 0
+        so["spec"]["scaleTargetRef"]["name"]: so["spec"].get("minReplicaCount", 0)
+        for so in kind("ScaledObject")
+    }
+    return minimums
+
+
 def test_pod_disruption_budgets_select_existing_workloads() -> None:
-    budgets = kind("PodDisruptionBudget")
-    covered = set()
-    for budget in budgets:
+    covered: dict[str, str] = {}
+    for budget in kind("PodDisruptionBudget"):
+        name = budget["metadata"]["name"]
         selector = budget["spec"]["selector"]["matchLabels"]
         matches = [
             d["metadata"]["name"]
             for d in kind("Deployment")
             if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
-        assert len(matches) == 1, f"{budget['metadata']['name']} selects {matches}"
-        covered.update(matches)
-    assert {"inferq-api", "inferq-worker", "inferq-ingest"} <= covered
+        assert len(matches) == 1, f"{name} selects {matches}"
+        assert matches[0] not in covered, f"{matches[0]}: two budgets, {covered[matches[0]]} too"
+        covered[matches[0]] = name
+    minimums = autoscaled_minimums()
+    assert {"inferq-api", "inferq-worker", "inferq-worker-langid", "inferq-ingest"} <= set(minimums)
+    missing = sorted(set(minimums) - set(covered))
+    assert not missing, f"autoscaled Deployments without a PodDisruptionBudget: {missing}"
+    for deployment, budget_name in covered.items():
+        spec = named("PodDisruptionBudget", budget_name)["spec"]
+        if minimums.get(deployment, 1) < 2:  # minAvailable: 1 on a lone pod blocks every drain
+            assert "minAvailable" not in spec and spec["maxUnavailable"] == 1, budget_name
 
 
 # KEDA's CRDs are not in the Kubernetes schemas: this schema follows keda.sh/v1alpha1

@@ -94,7 +94,9 @@ def file_key(path: str, task: str) -> str | None:
 @app.command("submit")
 def submit(
     file: Annotated[str, typer.Argument(help="JSONL/NDJSON, CSV, text (.gz too), '-' stdin.")],
-    task: Annotated[str, typer.Option(help="Task to run.")] = "sentiment",
+    task: Annotated[
+        str, typer.Option(help="Task to run, or several joined by commas (sentiment,langid).")
+    ] = "sentiment",
     wait: Annotated[bool, typer.Option(help="Wait for the batch to end.")] = False,
     output: Annotated[Path | None, typer.Option(help="With --wait: write results here.")] = None,
     completion_window: Annotated[str | None, typer.Option(help="e.g. 24h")] = None,

@@ -34,7 +34,12 @@ class RequestCounts(BaseModel):
 class BatchOut(BaseModel):
     id: uuid.UUID
     object: Literal["batch"] = "batch"
-    task: str
+    task: str = Field(description="The task, or the tasks joined by commas.")
+    tasks: list[str] | None = Field(
+        default=None,
+        description="A batch of several tasks (?task=a,b): them, in order; each line runs "
+        "every one. Counts are then over (line, task) pairs.",
+    )
     status: BatchStatusName
     priority: Literal["interactive", "bulk"]
     completion_window: str
@@ -63,10 +68,20 @@ class LineError(BaseModel):
     message: str
 
 
+class TaskResultLine(BaseModel):
+    """One task's part of a result line in a batch of several tasks."""
+
+    line: int | None = None
+    result: dict[str, Any] | None = None
+    error: LineError | None = None
+
+
 class ResultLine(BaseModel):
-    """One line of GET /v1/batches/{id}/results: ``result`` or ``error``, never both."""
+    """One line of GET /v1/batches/{id}/results: ``result`` or ``error``, never both; in a
+    batch of several tasks, ``tasks`` instead: one such line (without ``id``) per task."""
 
     id: str
     line: int | None = Field(default=None, description="The input line, on error lines.")
     result: dict[str, Any] | None = None
     error: LineError | None = None
+    tasks: dict[str, TaskResultLine] | None = None

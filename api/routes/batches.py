@@ -83,7 +83,14 @@ async def create_batch(
     database: DatabaseDep,
     settings: SettingsDep,
     caller: BatchesWrite,
-    task: Annotated[str, Query(max_length=64, description="Registered task name.")],
+    task: Annotated[
+        str,
+        Query(
+            max_length=64,
+            description="Registered task name, or several joined by commas "
+            "(`sentiment,langid`): each line then runs every task.",
+        ),
+    ],
     completion_window: Annotated[
         str | None, Query(max_length=16, description="e.g. 24h (the default), 30m, 7d")
     ] = None,
@@ -98,14 +105,24 @@ async def create_batch(
 ) -> BatchOut:
     """Upload up to INFERQ_MAX_BATCH_LINES lines of NDJSON, one ``{"id"?, "text"}`` a line
     (``id`` defaults to the line number). A line that cannot run is counted failed with its
-    reason; the batch goes on."""
+    reason; the batch goes on.
+
+    ``?task=a,b`` asks several tasks of each line (each name a registered task, none twice):
+    the batch then has ``tasks``, counts over (line, task) pairs, and its results give each
+    line once every task has finished it, as ``{"id", "tasks": {name: {"result"} |
+    {"line", "error"}}}``."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media not in NDJSON_TYPES:
         raise UnsupportedMediaType(
             f"send the lines as application/x-ndjson, not {media or 'no Content-Type'}"
         )
-    spec = batches.BatchRequest(
-        task, priority, completion_window, webhook_url, _json_object(metadata), idempotency_key
+    spec = batches.BatchRequest.of_tasks(
+        [name.strip() for name in task.split(",")],
+        priority=priority,
+        completion_window=completion_window,
+        webhook_url=webhook_url,
+        metadata=_json_object(metadata),
+        idempotency_key=idempotency_key,
     )
     chunks = _body_chunks(request.stream(), settings.max_batch_body_bytes)
     out, replayed = await anyio.to_thread.run_sync(
@@ -115,7 +132,9 @@ async def create_batch(
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        JOBS_SUBMITTED.labels(task, "batch").inc(out.request_counts.total)
+        tasks = spec.tasks or (spec.task,)
+        for name in tasks:
+            JOBS_SUBMITTED.labels(name, "batch").inc(out.request_counts.total // len(tasks))
     return out
 
 
@@ -174,7 +193,7 @@ def _write_batch(
                 return batches.batch_out(earlier, settings.public_url), True
             batch = batches.open_batch(session, settings, tenant_id, spec)
             quota = caller.pending_limit(settings.max_pending_inputs_per_tenant)
-            writer = batches.BatchWriter(session, settings, batch, max_pending_inputs=quota)
+            writer = batches.batch_writer(session, settings, batch, max_pending_inputs=quota)
             writer.add_all(lines)
             writer.finish()
             out = batches.batch_out(batch, settings.public_url)
@@ -244,8 +263,10 @@ def cancel_batch(
         200: {
             "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
             "description": 'One line per finished input in input order: {"id", "result"} or '
-            '{"id", "line", "error": {"code", "message"}}. Inferq-Results-Complete says '
-            "whether every line had finished when the stream began.",
+            '{"id", "line", "error": {"code", "message"}}; in a batch of several tasks, '
+            '{"id", "tasks": {name: {"result"} | {"line", "error"}}} once every task has '
+            "finished the line (only=errors: an error in any task). Inferq-Results-Complete "
+            "says whether every line had finished when the stream began.",
         },
     },
     response_class=StreamingResponse,

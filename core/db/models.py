@@ -268,6 +268,15 @@ class Batch(Base):
     dispatched_at: Mapped[datetime | None] = mapped_column(default=None)
     # Nightly inbox batches: when the results files were written next to the input.
     output_written_at: Mapped[datetime | None] = mapped_column(default=None)
+    # A batch asking several tasks of each line (``?task=a,b``) is a parent with no lines of its
+    # own: `tasks` names them in order, and one child batch per task (parent_id set) runs exactly
+    # as a single-task batch does. The parent ends when its last child ends.
+    tasks: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE", name="fk_batches_parent"),
+        default=None,
+        index=True,
+    )
 
 
 class JobItem(Base):

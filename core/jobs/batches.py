@@ -21,6 +21,11 @@ directly would have needed a second claim/record/settle path beside the jobs'.)
 * **Counted, not scanned.** ``request_counts`` are columns of the batch, kept by the
   transactions that finish items (core.jobs.batch_counts).
 * **Results in input order** are read by keyset on ``(batch_id, line)``, a page at a time.
+* **Several tasks** (``?task=a,b``): a parent batch with no lines of its own and one child
+  batch per task, each written by its own ``BatchWriter`` from the same single reading of the
+  upload (``TasksWriter``). The children run, count and dispatch as any batch; the parent ends
+  with its last child (core.jobs.batch_counts.settle_parents), answers for them (key, webhook,
+  counts summed, results merged per line), and is the only one the caller sees.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from core.durations import UNITS, duration_seconds, duration_text
 from core.errors import InvalidInput, InvalidTransition, NotFound, NotNdjson, PayloadTooLarge
 from core.inference.engine import Output
 from core.jobs import outbox
-from core.jobs.batch_counts import Tally, end_if_done
+from core.jobs.batch_counts import Tally, children_counts, end_if_done, settle_parents
 from core.jobs.batch_input import DUPLICATE_ID, INVALID_JSON, INVALID_UTF8, Line, refused
 from core.jobs.lifecycle import ClaimedItem, insert_cached_results, lock_jobs, settle_jobs
 from core.jobs.queries import decode_cursor, encode_cursor
@@ -57,7 +62,7 @@ from core.jobs.state import (
     settled_job_status,
 )
 from core.jobs.submit import PRIORITIES, cached_outputs, input_hash
-from core.jobs.usage import batch_usage
+from core.jobs.usage import batch_usage, summed
 from core.jobs.validation import check_metadata, check_task, check_webhook_url
 from core.security import audit
 from core.security.quotas import PendingQuota
@@ -81,6 +86,16 @@ class BatchRequest:
     webhook_url: str | None = None
     metadata: dict[str, Any] | None = field(default=None)
     idempotency_key: str | None = None
+    # Several tasks on every line: a parent batch and one child batch per task (see
+    # Batch.tasks); `task` is then their names joined by ",".
+    tasks: tuple[str, ...] | None = None
+
+    @classmethod
+    def of_tasks(cls, tasks: Sequence[str], **options: Any) -> BatchRequest:
+        """One task (a plain batch) or several (a parent batch)."""
+        if len(tasks) == 1:
+            return cls(tasks[0], **options)
+        return cls(",".join(tasks), tasks=tuple(tasks), **options)
 
 
 def window_seconds(value: str) -> int:
@@ -95,8 +110,12 @@ def window_text(seconds: int) -> str:
 def open_batch(
     session: Session, settings: Settings, tenant_id: int, request: BatchRequest
 ) -> Batch:
-    """The batch row, ``validating`` until ``BatchWriter.finish`` in this same transaction."""
-    check_task(request.task)
+    """The batch row, ``validating`` until ``BatchWriter.finish`` (``TasksWriter.finish`` for
+    a batch of several tasks) in this same transaction."""
+    for task in request.tasks or (request.task,):
+        check_task(task)
+    if request.tasks is not None and len(set(request.tasks)) != len(request.tasks):
+        raise InvalidInput("task names a task twice")
     if request.priority not in PRIORITIES:
         raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}")
     check_webhook_url(request.webhook_url, settings)
@@ -120,10 +139,33 @@ def open_batch(
         failed=0,
         cancelled=0,
         created_at=utcnow(),
+        tasks=list(request.tasks) if request.tasks else None,
     )
     session.add(batch)
     session.flush()
     return batch
+
+
+def _open_child(session: Session, parent: Batch, task: str) -> Batch:
+    """One task's batch under ``parent``: same tenant, priority and window (it expires with
+    the parent); no key, webhook or metadata (the parent answers for it)."""
+    child = Batch(
+        id=uuid.uuid4(),
+        tenant_id=parent.tenant_id,
+        task=task,
+        status=BatchStatus.VALIDATING,
+        priority=parent.priority,
+        completion_window_seconds=parent.completion_window_seconds,
+        total=0,
+        completed=0,
+        failed=0,
+        cancelled=0,
+        created_at=parent.created_at,
+        parent_id=parent.id,
+    )
+    session.add(child)
+    session.flush()
+    return child
 
 
 def find_by_key(session: Session, tenant_id: int, key: str) -> Batch | None:
@@ -164,13 +206,15 @@ class BatchWriter:
         settings: Settings,
         batch: Batch,
         max_pending_inputs: int | None = None,
+        quota: PendingQuota | None = None,
     ) -> None:
         self.session = session
         self.settings = settings
         self.batch = batch
-        # Each window counts against the tenant's quota of pending inputs before it is written.
+        # Each window counts against the tenant's quota of pending inputs before it is written
+        # (one PendingQuota shared by the writers of one upload's tasks).
         self.max_pending_inputs = max_pending_inputs
-        self._quota = PendingQuota(session)
+        self._quota = quota or PendingQuota(session)
         self.hash = LineHash()
         self._window: list[Line] = []
         self._chars = 0
@@ -333,6 +377,58 @@ class BatchWriter:
         return kept
 
 
+class TasksWriter:
+    """A batch of several tasks: one ``BatchWriter`` per task, each line handed to every one
+    (the upload is read once); ``finish`` puts the parent in progress with its children."""
+
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        parent: Batch,
+        max_pending_inputs: int | None = None,
+    ) -> None:
+        self.session = session
+        self.batch = parent
+        quota = PendingQuota(session)  # lines x tasks against the tenant's quota
+        self.writers = [
+            BatchWriter(
+                session, settings, _open_child(session, parent, task), max_pending_inputs, quota
+            )
+            for task in parent.tasks or ()
+        ]
+        self.hash = self.writers[0].hash  # the same lines in every child
+
+    def add(self, line: Line) -> None:
+        for writer in self.writers:
+            writer.add(line)
+
+    def add_all(self, lines: Iterable[Line]) -> None:
+        for line in lines:
+            self.add(line)
+
+    def finish(self) -> Batch:
+        children = [writer.finish() for writer in self.writers]
+        parent = self.batch
+        parent.content_hash = self.hash.hexdigest()
+        parent.status = BatchStatus.IN_PROGRESS
+        parent.in_progress_at = children[0].in_progress_at
+        parent.expires_at = children[0].expires_at
+        parent.total = sum(child.total for child in children)
+        self.session.flush()
+        settle_parents(self.session, [parent.id])  # every child over already (cache, refusals)
+        return parent
+
+
+def batch_writer(
+    session: Session, settings: Settings, batch: Batch, max_pending_inputs: int | None = None
+) -> BatchWriter | TasksWriter:
+    """The writer for a batch ``open_batch`` returned: of one task or of several."""
+    if batch.tasks:
+        return TasksWriter(session, settings, batch, max_pending_inputs)
+    return BatchWriter(session, settings, batch, max_pending_inputs)
+
+
 def dispatch(
     session: Session, settings: Settings, batch_ids: Sequence[uuid.UUID] | None = None
 ) -> int:
@@ -342,7 +438,7 @@ def dispatch(
     take them); undispatched jobs are taken with SKIP LOCKED, so this never waits on a job."""
     query = (
         select(Batch)
-        .where(Batch.status == BatchStatus.IN_PROGRESS)
+        .where(Batch.status == BatchStatus.IN_PROGRESS, Batch.tasks.is_(None))  # not parents
         .order_by(Batch.id)
         .with_for_update()
     )
@@ -420,8 +516,10 @@ def _release_jobs(session: Session, jobs: Sequence[Any]) -> list[outbox.RunReque
 
 
 def get_batch(session: Session, tenant_id: int, batch_id: uuid.UUID) -> Batch:
+    """A batch the caller sees: a task's batch under a batch of several tasks is found only
+    through its parent."""
     batch = session.get(Batch, batch_id, populate_existing=True)
-    if batch is None or batch.tenant_id != tenant_id:
+    if batch is None or batch.tenant_id != tenant_id or batch.parent_id is not None:
         raise NotFound(f"batch {batch_id} not found")
     return batch
 
@@ -429,7 +527,7 @@ def get_batch(session: Session, tenant_id: int, batch_id: uuid.UUID) -> Batch:
 def list_batches(
     session: Session, tenant_id: int, *, limit: int = 20, cursor: str | None = None
 ) -> tuple[list[Batch], str | None]:
-    query = select(Batch).where(Batch.tenant_id == tenant_id)
+    query = select(Batch).where(Batch.tenant_id == tenant_id, Batch.parent_id.is_(None))
     if cursor:
         created_at, batch_id = decode_cursor(cursor)
         query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(created_at, batch_id))
@@ -444,13 +542,33 @@ def cancel_batch(
     session: Session, tenant_id: int, batch_id: uuid.UUID, actor: str = "system"
 ) -> Batch:
     """What has not run is cancelled; what runs now finishes and keeps its result. The batch is
-    ``cancelling`` until then, ``cancelled`` after."""
+    ``cancelling`` until then, ``cancelled`` after. A batch of several tasks cancels each
+    task's batch, then itself (children before parent)."""
     batch = get_batch(session, tenant_id, batch_id)
     if batch.status == BatchStatus.CANCELLING:
         return batch
     if batch.status in TERMINAL_BATCH:
         raise InvalidTransition(f"batch {batch_id} is {batch.status}; there is nothing to cancel")
-    _end_unfinished(session, batch_id, ItemStatus.CANCELLED, CANCELLED, "cancelled before it ran")
+    if batch.tasks:
+        children = session.scalars(
+            select(Batch.id)
+            .where(Batch.parent_id == batch_id, Batch.status == BatchStatus.IN_PROGRESS)
+            .order_by(Batch.id)
+        ).all()
+        for child_id in children:
+            _end_unfinished(session, child_id, ItemStatus.CANCELLED, CANCELLED, _NOT_RUN)
+        parent = session.scalars(
+            select(Batch)
+            .where(Batch.id == batch_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
+        if parent.status in TERMINAL_BATCH:  # its last task ended while this waited: undone
+            raise InvalidTransition(f"batch {batch_id} is {parent.status}; nothing to cancel")
+        parent.status, parent.cancelling_at = BatchStatus.CANCELLING, utcnow()
+        settle_parents(session, [batch_id])  # every task's batch cancelled at once: over now
+    else:
+        _end_unfinished(session, batch_id, ItemStatus.CANCELLED, CANCELLED, _NOT_RUN)
     audit.record(session, actor, "batch.cancelled", tenant_id, target=str(batch_id))
     batch = get_batch(session, tenant_id, batch_id)
     return batch
@@ -458,14 +576,19 @@ def cancel_batch(
 
 def expire_due(session: Session) -> int:
     """Batches past their completion window: every unfinished line ends ``expired`` (a failed
-    line whose error says so); the batch ends ``expired``. Returns how many batches expired."""
-    due = session.scalars(
-        select(Batch.id).where(
+    line whose error says so); the batch ends ``expired``. A batch of several tasks ends with
+    its tasks' batches (after them: children before parents). Returns how many batches
+    expired, parents not counted."""
+    due = session.execute(
+        select(Batch.id, Batch.parent_id)
+        .where(
             Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING]),
             Batch.expires_at < utcnow(),
+            Batch.tasks.is_(None),
         )
+        .order_by(Batch.id)
     ).all()
-    for batch_id in due:
+    for batch_id, _ in due:
         _end_unfinished(
             session,
             batch_id,
@@ -473,13 +596,15 @@ def expire_due(session: Session) -> int:
             EXPIRED,
             "the batch's completion window ended before this line ran",
         )
+    settle_parents(session, [parent_id for _, parent_id in due if parent_id is not None])
     return len(due)
 
 
 def _end_unfinished(
     session: Session, batch_id: uuid.UUID, status: ItemStatus, code: str, message: str
 ) -> None:
-    """Lock order as every writer: the batch's open jobs (id order), their items, the batch."""
+    """Lock order as every writer: the batch's open jobs (id order), their items, the batch.
+    A parent is not settled here: the caller does, once every child it ends is locked."""
     open_jobs = session.scalars(
         select(Job.id).where(
             Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING])
@@ -509,7 +634,7 @@ def _end_unfinished(
     settle_jobs(session, jobs.values())
     tally = Tally()
     tally.add_for_batch(batch_id, status, int(ended.rowcount or 0))  # type: ignore[attr-defined]
-    tally.apply(session)
+    tally.apply(session, settle=False)  # the caller settles parents after all its children
     if code == EXPIRED:
         deliveries.add_batch_event(session, batch)
     else:
@@ -517,25 +642,40 @@ def _end_unfinished(
 
 
 _UNFINISHED = (ItemStatus.QUEUED, ItemStatus.RUNNING)
+_NOT_RUN = "cancelled before it ran"
 
 
 def batch_out(batch: Batch, public_url: str = "") -> BatchOut:
     """The batch as GET returns it; its usage is summed over its jobs through the session it
-    was read in (none attached: a detached copy, shown without usage)."""
-    done = batch.completed + batch.failed + batch.cancelled
+    was read in (none attached: a detached copy, shown without usage). A batch of several
+    tasks counts (line, task) pairs and sums usage over its tasks' batches."""
+    total, completed, failed, cancelled = (
+        batch.total,
+        batch.completed,
+        batch.failed,
+        batch.cancelled,
+    )
     session = object_session(batch)
+    usage = Usage()
+    if session is not None and batch.tasks:
+        total, completed, failed, cancelled = children_counts(session, batch.id)
+        children = session.scalars(select(Batch.id).where(Batch.parent_id == batch.id)).all()
+        usage = summed([batch_usage(session, child_id) for child_id in children])
+    elif session is not None:
+        usage = batch_usage(session, batch.id)
     return BatchOut(
         id=batch.id,
         task=batch.task,
+        tasks=batch.tasks,
         status=batch.status,
         priority=batch.priority,
         completion_window=window_text(batch.completion_window_seconds),
         request_counts=RequestCounts(
-            total=batch.total,
-            completed=batch.completed,
-            failed=batch.failed,
-            pending=max(0, batch.total - done),
-            cancelled=batch.cancelled,
+            total=total,
+            completed=completed,
+            failed=failed,
+            pending=max(0, total - completed - failed - cancelled),
+            cancelled=cancelled,
         ),
         created_at=batch.created_at,
         in_progress_at=batch.in_progress_at,
@@ -548,7 +688,7 @@ def batch_out(batch: Batch, public_url: str = "") -> BatchOut:
         cancelled_at=batch.cancelled_at,
         metadata=batch.metadata_,
         results_url=f"{public_url.rstrip('/')}/v1/batches/{batch.id}/results",
-        usage=batch_usage(session, batch.id) if session is not None else Usage(),
+        usage=usage,
     )
 
 
@@ -639,7 +779,14 @@ def result_line(row: Any) -> dict[str, Any]:
 def iter_results(
     database: Database, batch_id: uuid.UUID, *, only_errors: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Every finished line of the batch in input order, a page (one short read) at a time."""
+    """Every finished line of the batch in input order, a page (one short read) at a time. A
+    batch of several tasks: each line once every task has finished it, as
+    ``{"id", "tasks": {task: {"result"} | {"line", "error"}}}``."""
+    with database.read() as session:
+        children = task_batches(session, batch_id)
+    if children:
+        yield from _iter_merged(database, children, only_errors=only_errors)
+        return
     after = 0
     while True:
         with database.read() as session:
@@ -652,3 +799,69 @@ def iter_results(
 
 def is_over(batch: Batch) -> bool:
     return batch.status in TERMINAL_BATCH
+
+
+def task_batches(session: Session, parent_id: uuid.UUID) -> list[tuple[str, uuid.UUID]]:
+    """A batch of several tasks' (task, child batch id), in the order of its tasks; none for a
+    batch of one task."""
+    tasks = session.scalar(select(Batch.tasks).where(Batch.id == parent_id))
+    if not tasks:
+        return []
+    found = {
+        task: child_id
+        for task, child_id in session.execute(
+            select(Batch.task, Batch.id).where(Batch.parent_id == parent_id)
+        ).tuples()
+    }
+    return [(task, found[task]) for task in tasks if task in found]
+
+
+def merged_page(
+    session: Session,
+    children: Sequence[tuple[str, uuid.UUID]],
+    after_line: int = 0,
+    *,
+    only_errors: bool = False,
+    limit: int = RESULT_PAGE_LINES,
+) -> ResultPage:
+    """The next ``limit`` lines after ``after_line`` of a batch of several tasks, read from each
+    task's batch in lockstep: every task's batch holds the same line numbers (each was written
+    from the same lines), so the n-th row of each is the same line. A line some task has not
+    finished is skipped; ``only_errors`` keeps lines with an error in any task."""
+    pages = [
+        session.execute(
+            select(*_RESULT_COLUMNS)
+            .outerjoin(Result, Result.item_id == JobItem.id)
+            .where(JobItem.batch_id == child_id, JobItem.line > after_line)
+            .order_by(JobItem.line)
+            .limit(limit)
+        ).all()
+        for _, child_id in children
+    ]
+    lines: list[tuple[int, dict[str, Any]]] = []
+    last = after_line
+    for rows in zip(*pages, strict=True):
+        last = rows[0].line
+        if any(row.status not in TERMINAL_ITEM for row in rows):
+            continue
+        if only_errors and all(row.status == ItemStatus.SUCCEEDED for row in rows):
+            continue
+        by_task = {
+            task: {key: value for key, value in result_line(row).items() if key != "id"}
+            for (task, _), row in zip(children, rows, strict=True)
+        }
+        lines.append((last, {"id": rows[0].external_id, "tasks": by_task}))
+    return ResultPage(lines, last, waiting=False)
+
+
+def _iter_merged(
+    database: Database, children: Sequence[tuple[str, uuid.UUID]], *, only_errors: bool
+) -> Iterator[dict[str, Any]]:
+    after = 0
+    while True:
+        with database.read() as session:
+            page = merged_page(session, children, after, only_errors=only_errors)
+        yield from (line for _, line in page.lines)
+        if page.last_line == after:
+            return
+        after = page.last_line

@@ -297,13 +297,15 @@ def release_items(
     return retry
 
 
-def settle_job(session: Session, job: Job) -> None:
-    settle_jobs(session, [job])
+def settle_job(session: Session, job: Job, *, parents: bool = True) -> None:
+    settle_jobs(session, [job], parents=parents)
 
 
-def settle_jobs(session: Session, jobs: Iterable[Job]) -> None:
+def settle_jobs(session: Session, jobs: Iterable[Job], *, parents: bool = True) -> None:
     """Finish the jobs (locked by the caller) whose items are all terminal: their status, and
-    in the same transaction their Kafka result row, webhook event and long-poll announcement."""
+    in the same transaction their Kafka result row, webhook event and long-poll announcement.
+    ``parents=False``: a caller that locks more jobs after this settles their parents itself
+    (``settle_parents``), last."""
     open_jobs = {job.id: job for job in jobs if job.status not in TERMINAL_JOB}
     if not open_jobs:
         return
@@ -331,7 +333,8 @@ def settle_jobs(session: Session, jobs: Iterable[Job]) -> None:
         for job in finished:
             deliveries.add_job_event(session, job)
         announce_finished_many(session, [job.id for job in finished])
-        settle_parents(session, [job.parent_id for job in finished if job.parent_id is not None])
+        if parents:
+            settle_parents(session, [j.parent_id for j in finished if j.parent_id is not None])
 
 
 def settle_parents(session: Session, parent_ids: Iterable[uuid.UUID]) -> None:

@@ -3,13 +3,12 @@ webhook events)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from core.db.models import Job
 from core.inference.engine import Output
 from core.jobs.state import ItemStatus
-from core.jobs.usage import job_usage
+from core.jobs.usage import job_usage, summed
 from schemas.jobs import (
     Counts,
     EntityOut,
@@ -18,8 +17,6 @@ from schemas.jobs import (
     JobSummary,
     MultiResultOut,
     ResultOut,
-    TierCounts,
-    Usage,
 )
 
 if TYPE_CHECKING:
@@ -162,26 +159,8 @@ def _parent_out(view: JobView) -> JobOut:
             for task, item in items
             if item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED)
         ],
-        usage=_summed(
+        usage=summed(
             job_usage(child.job, (i.result for i in child.items)) for child in view.children
         ),
         webhook=view.webhook,
     )
-
-
-def _summed(usages: Iterable[Usage]) -> Usage:
-    total = Usage()
-    for usage in usages:
-        total = Usage(
-            inputs=total.inputs + usage.inputs,
-            cached_inputs=total.cached_inputs + usage.cached_inputs,
-            tokens=total.tokens + usage.tokens,
-            model_seconds=total.model_seconds + usage.model_seconds,
-            gpu_model_seconds=total.gpu_model_seconds + usage.gpu_model_seconds,
-            tiers=TierCounts(
-                primary=total.tiers.primary + usage.tiers.primary,
-                fallback=total.tiers.fallback + usage.tiers.fallback,
-                rules=total.tiers.rules + usage.tiers.rules,
-            ),
-        )
-    return total

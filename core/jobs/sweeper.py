@@ -15,10 +15,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.db.models import Job, JobItem, utcnow
-from core.jobs import batches, outbox
+from core.db.models import Batch, Job, JobItem, utcnow
+from core.jobs import batch_counts, batches, outbox
 from core.jobs.batch_counts import Tally
-from core.jobs.lifecycle import lock_job, retire, settle_job
+from core.jobs.lifecycle import lock_job, retire, settle_job, settle_parents
 from core.jobs.state import TERMINAL_JOB, ItemStatus, item_transition
 
 SENT_OUTBOX_RETENTION_SECONDS = 24 * 3600
@@ -47,6 +47,10 @@ def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepRe
     for job_id, item_id in candidates:
         by_job[job_id].append(item_id)
     redispatched = failed = 0
+    # Parents (jobs of several tasks, batches of several tasks) are settled last, after every
+    # child this transaction locks: children before parents, as workers lock them.
+    touched: set[uuid.UUID] = set()
+    job_parents: set[uuid.UUID] = set()
     for job_id in sorted(by_job):
         job = lock_job(session, job_id)
         if job is None:
@@ -65,16 +69,26 @@ def sweep(session: Session, settings: Settings, *, limit: int = 2000) -> SweepRe
             for item in items:
                 retire(item)
             tally.add(job, ItemStatus.CANCELLED, len(items))
-            tally.apply(session)
+            touched.update(tally.apply(session, settle=False))
             continue
         again, gave_up = _redrive(items, settings.max_attempts)
         failed += gave_up
         if again:
             redispatched += len(again)
             _dispatch(session, settings, job, again)
-        settle_job(session, job)
+        settle_job(session, job, parents=False)
+        if job.parent_id is not None:
+            job_parents.add(job.parent_id)
         tally.add(job, ItemStatus.FAILED, gave_up)
-        tally.apply(session)
+        touched.update(tally.apply(session, settle=False))
+    settle_parents(session, job_parents)
+    if touched:
+        batch_counts.settle_parents(
+            session,
+            session.scalars(
+                select(Batch.parent_id).where(Batch.id.in_(touched), Batch.parent_id.is_not(None))
+            ),
+        )
     outbox.purge_sent(session, SENT_OUTBOX_RETENTION_SECONDS)
     expired = batches.expire_due(session)
     return SweepReport(redispatched=redispatched, failed=failed, expired_batches=expired)

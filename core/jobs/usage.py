@@ -155,6 +155,21 @@ def job_usage(job: Job, results: Iterable[ResultOut | None]) -> Usage:
     )
 
 
+def summed(usages: Iterable[Usage]) -> Usage:
+    """The sum of several usages (a job or batch of several tasks: over its children)."""
+    total = Usage()
+    for usage in usages:
+        total.inputs += usage.inputs
+        total.cached_inputs += usage.cached_inputs
+        total.tokens += usage.tokens
+        total.model_seconds += usage.model_seconds
+        total.gpu_model_seconds += usage.gpu_model_seconds
+        total.tiers.primary += usage.tiers.primary
+        total.tiers.fallback += usage.tiers.fallback
+        total.tiers.rules += usage.tiers.rules
+    return total
+
+
 _USAGE_ATTRIBUTES = {f"usage_{n}" for n in _NAMES}
 _TIERS = ("primary", "fallback", "rules")
 

@@ -474,3 +474,48 @@ def test_inferq_process_with_two_tasks_writes_each_line_once_with_both_results_a
             " AND metadata->>'file' = 'two.jsonl' ORDER BY idempotency_key"
         ).fetchall()
     assert [(key.split(":")[1], total) for key, total in keys] == [("fast", 901), ("paced", 901)]
+
+
+def test_a_batch_of_two_tasks_over_http_merges_each_line_with_both_results(
+    bulk: Deployment,
+) -> None:
+    lines: list[Any] = [{"id": f"m{i}", "text": f"two tasks over http {i}"} for i in range(400)]
+    lines[7] = b"{broken"
+    with bulk.client() as client:
+        created = upload(client, lines, task="fast,paced")
+        assert created.status_code == 202, created.text
+        batch = created.json()
+        assert batch["tasks"] == ["fast", "paced"] and batch["request_counts"]["total"] == 800
+        done = wait_until_over(client, batch["id"])
+        results = result_lines(client, batch["id"])
+        errors = result_lines(client, batch["id"], only="errors")
+        listed = [b["id"] for b in client.get("/v1/batches", params={"limit": 100}).json()["data"]]
+
+    assert done["status"] == "completed"
+    assert done["request_counts"] == {
+        "total": 800,
+        "completed": 798,
+        "failed": 2,
+        "pending": 0,
+        "cancelled": 0,
+    }
+    expected = [f"m{i}" for i in range(400)]
+    expected[7] = "8"
+    assert [line["id"] for line in results] == expected
+    assert all(list(line["tasks"]) == ["fast", "paced"] for line in results)
+    assert {line["tasks"]["fast"]["result"]["model"] for line in results if line["id"] != "8"} == {
+        "healthy"
+    }
+    assert {line["tasks"]["paced"]["result"]["model"] for line in results if line["id"] != "8"} == {
+        "paced"
+    }
+    assert [line["id"] for line in errors] == ["8"]
+    assert {part["error"]["code"] for part in errors[0]["tasks"].values()} == {"invalid_json"}
+    with psycopg.connect(bulk.stack.env["INFERQ_DATABASE_URL"].replace("+psycopg", "")) as conn:
+        children = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id::text FROM batches WHERE parent_id = %s ORDER BY task", (batch["id"],)
+            )
+        ]
+    assert len(children) == 2 and not set(children) & set(listed) and batch["id"] in listed

@@ -39,14 +39,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def kafka(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    env = {
+def kafka_env(broker: Broker) -> dict[str, str]:
+    """The settings that point a deployment's ingest at ``broker`` with a fast-polling group."""
+    return {
         "INFERQ_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
         "INFERQ_KAFKA_GROUP_ID": GROUP,
         "INFERQ_KAFKA_CONSUMER_OPTIONS": _consumer_options(),
         "INFERQ_KAFKA_POLL_TIMEOUT_SECONDS": "0.2",
     }
+
+
+@pytest.fixture(scope="module")
+def kafka(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    env = kafka_env(broker)
     with deployed(tmp_path_factory.mktemp("kafka"), 10, **env) as running:
         _start_ingest(running.stack)
         yield running

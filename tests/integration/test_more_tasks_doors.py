@@ -23,18 +23,18 @@ from core.inference.topic import TopicTransformer
 from tests.integration.conftest import Deployment, deployed
 from tests.integration.test_batches import result_lines, upload, wait_until_over
 from tests.integration.test_kafka_ingest import (
-    DLQ,
-    GROUP,
     REQUESTS,
     RESULTS,
-    _consumer_options,
     _request,
     _start_ingest,
+    broker,
+    kafka_env,
 )
-from tests.kafka import Broker, running_tansu
+from tests.kafka import Broker
 
 pytestmark = pytest.mark.integration
 
+__all__ = ["broker"]  # the tansu fixture, shared with test_kafka_ingest
 REDIS_DB = 6  # this module's own
 
 # Code point offsets differ from UTF-16 ones after the emoji, from UTF-8 ones after any of these.
@@ -59,21 +59,8 @@ MODEL_LOAD_SECONDS = 240.0  # the first job of a task may load its model in the 
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    with running_tansu(tmp_path_factory.mktemp("tansu") / "tansu.log") as running:
-        running.create_topics(REQUESTS, RESULTS, DLQ)
-        yield running
-
-
-@pytest.fixture(scope="module")
 def doors(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    env = {
-        "INFERQ_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "INFERQ_KAFKA_GROUP_ID": GROUP,
-        "INFERQ_KAFKA_CONSUMER_OPTIONS": _consumer_options(),
-        "INFERQ_KAFKA_POLL_TIMEOUT_SECONDS": "0.2",
-    }
-    with deployed(tmp_path_factory.mktemp("doors"), REDIS_DB, **env) as running:
+    with deployed(tmp_path_factory.mktemp("doors"), REDIS_DB, **kafka_env(broker)) as running:
         _start_ingest(running.stack)
         yield running
 

@@ -28,7 +28,18 @@ from core.jobs.queries import get_job, list_jobs
 from core.jobs.submit import JobRequest, Submitted, submit_job
 from schemas.jobs import JobOut
 from tests.unit.test_api_edge import edge_settings
-from tests.unit.test_jobs_lifecycle import Sent, db, fake_tasks, sent, settings, tenant
+from tests.unit.test_jobs_lifecycle import (
+    Sent,
+    claim,
+    db,
+    expire_leases,
+    fake_tasks,
+    item_ids,
+    run_sweep,
+    sent,
+    settings,
+    tenant,
+)
 
 __all__ = ["db", "fake_tasks", "sent"]  # fixtures shared with test_jobs_lifecycle
 
@@ -245,3 +256,20 @@ def test_get_models_lists_each_tasks_labels_and_output_fields(client: TestClient
     assert (models["ner"]["outputs"], models["embed"]["outputs"]) == (["entities"], ["embedding"])
     assert "PERSON" in models["ner"]["labels"] and "de" in models["langid"]["labels"]
     assert [t["tier"] for t in models["topic"]["chain"]] == ["primary", "fallback"]
+
+
+def test_a_sweep_that_gives_up_on_the_last_child_ends_the_parent(
+    db: Database, sent: list[Sent], fake_tasks: None
+) -> None:
+    tenant_id = tenant(db)
+    parent = submit_tasks(db, tenant_id, ["good film"]).job
+    kids = children(db, parent.id)
+    run_child(db, kids["fake"].id)
+    broken = kids["fake-broken"].id
+    claim(db, broken, item_ids(db, broken), max_attempts=1)  # a worker took it, then died
+    expire_leases(db, broken)
+
+    assert run_sweep(db, settings(max_attempts=1)) == (0, 1)
+    out = read(db, tenant_id, parent.id)
+    assert out.status == "succeeded"  # ended by the sweep, in its transaction
+    assert [(e.task, e.status) for e in out.errors] == [("fake-broken", "failed")]

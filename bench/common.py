@@ -574,7 +574,10 @@ class JobRecord:
 class JobClient:
     """A thin asyncio client of /v1/jobs. Every request has a timeout; nothing waits forever."""
 
-    def __init__(self, base_url: str, api_key: str, *, connections: int = 100) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, connections: int = 100, task: str = "sentiment"
+    ) -> None:
+        self.task = task
         self.http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}"},
@@ -589,7 +592,7 @@ class JobClient:
         await self.http.aclose()
 
     async def submit(self, texts: list[str], priority: str) -> dict[str, Any]:
-        body = {"task": "sentiment", "inputs": texts, "priority": priority}
+        body = {"task": self.task, "inputs": texts, "priority": priority}
         response = await self.http.post("/v1/jobs", json=body)
         if response.status_code != 202:
             raise BenchError(

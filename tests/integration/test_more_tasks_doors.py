@@ -199,3 +199,24 @@ def test_topic_through_a_batch_file_and_kafka_names_each_section(
         assert result["version"] == TopicTransformer.current_version()
         assert set(result["scores"]) == {"world", "sports", "business", "sci_tech"}
         assert result["cached"] is True  # the batch already ran these texts: the cache answered
+
+
+def test_a_langid_batch_file_names_each_language_and_reports_a_line_without_letters(
+    doors: Deployment,
+) -> None:
+    lines = [{"id": code, "text": text} for code, text in LANGUAGES.items()]
+    lines.append({"id": "digits", "text": "12345 !!! 678"})
+    with doors.client() as client:
+        created = upload(client, lines, task="langid")
+        assert created.status_code == 202, created.text
+        done = wait_until_over(client, created.json()["id"], timeout=MODEL_LOAD_SECONDS)
+        results = result_lines(client, done["id"])
+
+    assert done["status"] == "completed", done
+    assert done["request_counts"]["completed"] == 3 and done["request_counts"]["failed"] == 1
+    by_id = {line["id"]: line for line in results}
+    for code in LANGUAGES:
+        result = by_id[code]["result"]
+        assert result["label"] == code and result["model"] == "lingua", result
+        assert result["version"] == LinguaLangId.current_version()
+    assert "LanguageUndetected" in by_id["digits"]["error"]["message"], by_id["digits"]

@@ -784,13 +784,13 @@ def iter_results(
     ``{"id", "tasks": {task: {"result"} | {"line", "error"}}}``."""
     with database.read() as session:
         children = task_batches(session, batch_id)
-    if children:
-        yield from _iter_merged(database, children, only_errors=only_errors)
-        return
     after = 0
     while True:
         with database.read() as session:
-            page = result_page(session, batch_id, after, only_errors=only_errors)
+            if children:
+                page = merged_page(session, children, after, only_errors=only_errors)
+            else:
+                page = result_page(session, batch_id, after, only_errors=only_errors)
         yield from (line for _, line in page.lines)
         if page.last_line == after:
             return
@@ -852,16 +852,3 @@ def merged_page(
         }
         lines.append((last, {"id": rows[0].external_id, "tasks": by_task}))
     return ResultPage(lines, last, waiting=False)
-
-
-def _iter_merged(
-    database: Database, children: Sequence[tuple[str, uuid.UUID]], *, only_errors: bool
-) -> Iterator[dict[str, Any]]:
-    after = 0
-    while True:
-        with database.read() as session:
-            page = merged_page(session, children, after, only_errors=only_errors)
-        yield from (line for _, line in page.lines)
-        if page.last_line == after:
-            return
-        after = page.last_line

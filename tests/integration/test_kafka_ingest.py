@@ -86,7 +86,8 @@ def _jobs_per_id(database: Database, ids: list[str]) -> dict[str, int]:
         return {str(key).removeprefix("kafka:"): count for key, count in rows}
 
 
-def _results_for(broker: Broker, ids: list[str]) -> dict[str, dict[str, Any]]:
+def _results_for(broker: Broker, ids: list[str], timeout: float = 45) -> dict[str, dict[str, Any]]:
+    """The result records of these request ids, by id, once all are on the results topic."""
     wanted = set(ids)
 
     def keyed(records: list[Message]) -> dict[str, dict[str, Any]]:
@@ -96,7 +97,10 @@ def _results_for(broker: Broker, ids: list[str]) -> dict[str, dict[str, Any]]:
             if (m.key() or b"").decode() in wanted
         }
 
-    return keyed(broker.read(RESULTS, lambda records: set(keyed(records)) == wanted))
+    def all_there(records: list[Message]) -> bool:
+        return set(keyed(records)) == wanted
+
+    return keyed(broker.read(RESULTS, all_there, timeout=timeout))
 
 
 def test_each_valid_request_becomes_one_job_and_one_result_record(

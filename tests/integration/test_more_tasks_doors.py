@@ -10,12 +10,10 @@ in bytes or UTF-16 units would slice the wrong characters."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Message
 
 from core.inference.langid import LinguaLangId
 from core.inference.ner import SpacyEntities
@@ -24,8 +22,8 @@ from tests.integration.conftest import Deployment, deployed
 from tests.integration.test_batches import result_lines, upload, wait_until_over
 from tests.integration.test_kafka_ingest import (
     REQUESTS,
-    RESULTS,
     _request,
+    _results_for,
     _start_ingest,
     broker,
     kafka_env,
@@ -83,19 +81,7 @@ def assert_zoe_entities(entities: list[dict[str, Any]]) -> None:
 
 
 def kafka_results(broker: Broker, ids: list[str]) -> dict[str, dict[str, Any]]:
-    wanted = set(ids)
-
-    def keyed(records: list[Message]) -> dict[str, dict[str, Any]]:
-        return {
-            (m.key() or b"").decode(): json.loads(m.value() or b"")
-            for m in records
-            if (m.key() or b"").decode() in wanted
-        }
-
-    def all_there(records: list[Message]) -> bool:
-        return set(keyed(records)) == wanted
-
-    return keyed(broker.read(RESULTS, all_there, timeout=MODEL_LOAD_SECONDS))
+    return _results_for(broker, ids, timeout=MODEL_LOAD_SECONDS)
 
 
 def test_a_ner_batch_file_returns_entities_whose_offsets_hold_on_each_line_as_sent(

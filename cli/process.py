@@ -37,7 +37,7 @@ from sqlalchemy import select, update
 from core.config import Settings
 from core.db.models import Batch, Job, JobItem
 from core.db.session import Database
-from core.jobs import batches
+from core.jobs import batch_results, batch_writer, batches
 from core.jobs.batch_input import file_lines, input_digest, input_format
 from core.jobs.state import TERMINAL_BATCH, BatchStatus, ItemStatus, JobStatus
 
@@ -98,7 +98,7 @@ def submit(
                 idempotency_key=keys[task],
             )
             batch = batches.open_batch(session, settings, tenant_id, request)
-            writers[task] = batches.BatchWriter(session, settings, batch)
+            writers[task] = batch_writer.BatchWriter(session, settings, batch)
             found[task] = batch.id
         for number, line in enumerate(file_lines(path, settings, input_format(path)), start=1):
             for writer in writers.values():
@@ -190,7 +190,7 @@ def write_in_order(
         while True:
             with database.read() as session:
                 pages = [
-                    batches.result_page(session, batch_id, after_line, until_unfinished=True)
+                    batch_results.result_page(session, batch_id, after_line, until_unfinished=True)
                     for batch_id in batch_ids
                 ]
             snapshots = [_snapshot(database, batch_id) for batch_id in batch_ids]
@@ -207,11 +207,13 @@ def write_in_order(
             waiting = any(page.waiting for page in pages)
             if not lines and not waiting:
                 return snapshots  # every line is written
-            if waiting and len(lines) < batches.RESULT_PAGE_LINES:
+            if waiting and len(lines) < batch_results.RESULT_PAGE_LINES:
                 time.sleep(POLL_SECONDS)
 
 
-def _merged(pages: Sequence[batches.ResultPage], tasks: Sequence[str]) -> list[dict[str, Any]]:
+def _merged(
+    pages: Sequence[batch_results.ResultPage], tasks: Sequence[str]
+) -> list[dict[str, Any]]:
     """One batch: its lines as they are. Several (one per task, same input lines): the lines
     every batch has finished, each as {"id", "tasks": {task: its line without the id}}."""
     if len(pages) == 1:

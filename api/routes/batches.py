@@ -1,5 +1,5 @@
 """/v1/batches: bulk work in the OpenAI Batch API's shape. The NDJSON body streams into
-PostgreSQL (core.jobs.batches.BatchWriter) a window at a time; results stream back in input
+PostgreSQL (core.jobs.batch_writer.BatchWriter) a window at a time; results stream back in input
 order."""
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from core.errors import (
 )
 from core.jobs import batches
 from core.jobs.batch_input import ndjson_lines
+from core.jobs.batch_results import batch_out, iter_results
+from core.jobs.batch_writer import batch_writer, content_hash
 from core.jobs.state import TERMINAL_BATCH
 from core.security.scopes import Principal
 from core.telemetry.metrics import JOBS_SUBMITTED
@@ -188,15 +190,15 @@ def _write_batch(
             if spec.idempotency_key is not None:
                 earlier = batches.find_by_key(session, tenant_id, spec.idempotency_key)
             if earlier is not None:
-                if batches.content_hash(lines) != earlier.content_hash:
+                if content_hash(lines) != earlier.content_hash:
                     raise _conflict()
-                return batches.batch_out(earlier, settings.public_url), True
+                return batch_out(earlier, settings.public_url), True
             batch = batches.open_batch(session, settings, tenant_id, spec)
             quota = caller.pending_limit(settings.max_pending_inputs_per_tenant)
-            writer = batches.batch_writer(session, settings, batch, max_pending_inputs=quota)
+            writer = batch_writer(session, settings, batch, max_pending_inputs=quota)
             writer.add_all(lines)
             writer.finish()
-            out = batches.batch_out(batch, settings.public_url)
+            out = batch_out(batch, settings.public_url)
     except IntegrityError:  # a concurrent upload with the same key committed first
         if spec.idempotency_key is None:
             raise
@@ -204,7 +206,7 @@ def _write_batch(
             earlier = batches.find_by_key(session, tenant_id, spec.idempotency_key)
             if earlier is None:
                 raise
-            return batches.batch_out(earlier, settings.public_url), True
+            return batch_out(earlier, settings.public_url), True
     return out, False
 
 
@@ -229,7 +231,7 @@ def list_my_batches(
             session, caller.tenant_id, limit=limit, cursor=cursor
         )
         return BatchPage(
-            data=[batches.batch_out(b, settings.public_url) for b in found],
+            data=[batch_out(b, settings.public_url) for b in found],
             next_cursor=next_cursor,
         )
 
@@ -239,7 +241,7 @@ def read_batch(
     batch_id: uuid.UUID, database: DatabaseDep, settings: SettingsDep, caller: BatchesRead
 ) -> BatchOut:
     with database.read() as session:
-        return batches.batch_out(
+        return batch_out(
             batches.get_batch(session, caller.tenant_id, batch_id), settings.public_url
         )
 
@@ -250,7 +252,7 @@ def cancel_batch(
 ) -> BatchOut:
     """Lines that have not run are cancelled; lines running now finish and keep their result
     (``cancelling`` until they have, then ``cancelled``)."""
-    return batches.batch_out(
+    return batch_out(
         batches.cancel_batch(session, caller.tenant_id, batch_id, actor=caller.actor),
         settings.public_url,
     )
@@ -281,7 +283,7 @@ def batch_results(
         batch = batches.get_batch(session, caller.tenant_id, batch_id)
         complete = batch.status in TERMINAL_BATCH
         batch_status = batch.status
-    lines = batches.iter_results(database, batch_id, only_errors=only == "errors")
+    lines = iter_results(database, batch_id, only_errors=only == "errors")
     return StreamingResponse(
         _ndjson(lines),
         media_type="application/x-ndjson",

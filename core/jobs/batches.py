@@ -1,15 +1,19 @@
 """Batches: bulk work of up to INFERQ_MAX_BATCH_LINES lines, one path for every bulk door
 (``POST /v1/batches``, ``inferq process``, the nightly inbox).
 
+This module opens batches, dispatches their jobs, finds, lists, cancels and expires them; their
+lines are written by core.jobs.batch_writer and their results read by core.jobs.batch_results.
+
 A batch is a parent of jobs. Its lines are written as items of ordinary jobs of
 ``INFERQ_BATCH_JOB_SIZE`` inputs, each item also carrying its batch, line number and the
 caller's id. Workers, the outbox, the sweeper, the result cache and the attempt cap then treat
 them as any job's items: bulk work has no execution path of its own. (A batch owning its items
 directly would have needed a second claim/record/settle path beside the jobs'.)
 
-* **Streamed in.** ``BatchWriter`` takes lines one at a time and holds one window of them
-  (``INFERQ_BATCH_SORT_WINDOW`` lines, or fewer when their texts are long) before writing it with
-  one INSERT for its jobs and one for its items; memory stays flat whatever the batch's size.
+* **Streamed in.** ``BatchWriter`` (core.jobs.batch_writer) takes lines one at a time and
+  holds one window of them (``INFERQ_BATCH_SORT_WINDOW`` lines, or fewer when their texts are
+  long) before writing it with one INSERT for its jobs and one for its items; memory stays flat
+  whatever the batch's size.
 * **Sorted by length.** All of a batch's inputs are known up front, so each window is sorted by
   length before it is cut into jobs: the inputs of a job, and so of a worker's micro-batch, have
   about the same length and pad little. The line number keeps the input order for results.
@@ -20,7 +24,8 @@ directly would have needed a second claim/record/settle path beside the jobs'.)
   instead of behind it. Interactive jobs still go first (their own queue, served first).
 * **Counted, not scanned.** ``request_counts`` are columns of the batch, kept by the
   transactions that finish items (core.jobs.batch_counts).
-* **Results in input order** are read by keyset on ``(batch_id, line)``, a page at a time.
+* **Results in input order** are read by keyset on ``(batch_id, line)``, a page at a time
+  (core.jobs.batch_results).
 * **Several tasks** (``?task=a,b``): a parent batch with no lines of its own and one child
   batch per task, each written by its own ``BatchWriter`` from the same single reading of the
   upload (``TasksWriter``). The children run, count and dispatch as any batch; the parent ends
@@ -30,52 +35,33 @@ directly would have needed a second claim/record/settle path beside the jobs'.)
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, tuple_, update
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy.orm import Session
 
 from core.config import Settings
-from core.db.bulk import among, insert_rows
-from core.db.models import Batch, Job, JobItem, Result, utcnow
-from core.db.session import Database
+from core.db.bulk import among
+from core.db.models import Batch, Job, JobItem, utcnow
 from core.durations import UNITS, duration_seconds, duration_text
-from core.errors import InvalidInput, InvalidTransition, NotFound, NotNdjson, PayloadTooLarge
-from core.inference.engine import Output
+from core.errors import InvalidInput, InvalidTransition, NotFound
 from core.jobs import outbox
-from core.jobs.batch_counts import Tally, children_counts, end_if_done, settle_parents
-from core.jobs.batch_input import DUPLICATE_ID, INVALID_JSON, INVALID_UTF8, Line, refused
-from core.jobs.lifecycle import ClaimedItem, insert_cached_results, lock_jobs, settle_jobs
+from core.jobs.batch_counts import Tally, end_if_done, settle_parents
+from core.jobs.lifecycle import lock_jobs, settle_jobs
 from core.jobs.queries import decode_cursor, encode_cursor
-from core.jobs.state import (
-    TERMINAL_BATCH,
-    TERMINAL_ITEM,
-    BatchStatus,
-    ItemStatus,
-    JobStatus,
-    settled_job_status,
-)
-from core.jobs.submit import PRIORITIES, cached_outputs, input_hash
-from core.jobs.usage import batch_usage, summed
+from core.jobs.state import TERMINAL_BATCH, BatchStatus, ItemStatus, JobStatus
+from core.jobs.submit import PRIORITIES
 from core.jobs.validation import check_metadata, check_task, check_webhook_url
 from core.security import audit
-from core.security.quotas import PendingQuota
 from core.webhooks import deliveries
-from schemas.batches import BatchOut, RequestCounts
-from schemas.jobs import Usage
 
-# A window is written early once its texts reach this many characters (long texts, few lines).
-WINDOW_TEXT_CHARS = 8_000_000
-RESULT_PAGE_LINES = 1000
 EXPIRED = "expired"
 CANCELLED = "cancelled"
-INFERENCE_FAILED = "inference_failed"
 
 
 @dataclass(frozen=True)
@@ -146,287 +132,10 @@ def open_batch(
     return batch
 
 
-def _open_child(session: Session, parent: Batch, task: str) -> Batch:
-    """One task's batch under ``parent``: same tenant, priority and window (it expires with
-    the parent); no key, webhook or metadata (the parent answers for it)."""
-    child = Batch(
-        id=uuid.uuid4(),
-        tenant_id=parent.tenant_id,
-        task=task,
-        status=BatchStatus.VALIDATING,
-        priority=parent.priority,
-        completion_window_seconds=parent.completion_window_seconds,
-        total=0,
-        completed=0,
-        failed=0,
-        cancelled=0,
-        created_at=parent.created_at,
-        parent_id=parent.id,
-    )
-    session.add(child)
-    session.flush()
-    return child
-
-
 def find_by_key(session: Session, tenant_id: int, key: str) -> Batch | None:
     return session.scalar(
         select(Batch).where(Batch.tenant_id == tenant_id, Batch.idempotency_key == key)
     )
-
-
-class LineHash:
-    """The content hash of a batch's lines (what an Idempotency-Key is compared against, and
-    what makes a nightly file or a ``process`` input the same batch again)."""
-
-    def __init__(self) -> None:
-        self._digest = hashlib.sha256()
-
-    def add(self, line: Line) -> None:
-        body = line.text if line.text is not None else f"\x00{line.error_code}"
-        self._digest.update(f"{line.number}\x1f{line.id}\x1f{body}\x1e".encode("utf-8", "replace"))
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
-def content_hash(lines: Iterable[Line]) -> str:
-    digest = LineHash()
-    for line in lines:
-        digest.add(line)
-    return digest.hexdigest()
-
-
-class BatchWriter:
-    """Writes a batch's lines as they arrive, one window at a time, in the caller's
-    transaction; ``finish`` puts the batch in progress and dispatches its first jobs."""
-
-    def __init__(
-        self,
-        session: Session,
-        settings: Settings,
-        batch: Batch,
-        max_pending_inputs: int | None = None,
-        quota: PendingQuota | None = None,
-    ) -> None:
-        self.session = session
-        self.settings = settings
-        self.batch = batch
-        # Each window counts against the tenant's quota of pending inputs before it is written
-        # (one PendingQuota shared by the writers of one upload's tasks).
-        self.max_pending_inputs = max_pending_inputs
-        self._quota = quota or PendingQuota(session)
-        self.hash = LineHash()
-        self._window: list[Line] = []
-        self._chars = 0
-        self._seq = 0
-        self._lines = 0
-        self._parsed = 0  # lines that were JSON objects (or text lines): is this NDJSON at all?
-
-    def add(self, line: Line) -> None:
-        self._lines += 1
-        if self._lines > self.settings.max_batch_lines:
-            raise PayloadTooLarge(
-                f"a batch holds at most {self.settings.max_batch_lines:,} lines "
-                "(INFERQ_MAX_BATCH_LINES); split the file"
-            )
-        if line.error_code not in (INVALID_JSON, INVALID_UTF8):
-            self._parsed += 1
-        self.hash.add(line)
-        self._window.append(line)
-        self._chars += len(line.text or "")
-        if len(self._window) >= self.settings.batch_sort_window or self._chars >= WINDOW_TEXT_CHARS:
-            self._flush()
-
-    def add_all(self, lines: Iterable[Line]) -> None:
-        for line in lines:
-            self.add(line)
-
-    def finish(self) -> Batch:
-        self._flush()
-        batch = self.batch
-        if self._lines == 0:
-            raise InvalidInput('the batch has no lines; send a JSON object ({"text": ...}) a line')
-        if self._parsed == 0:
-            raise NotNdjson(
-                "not one line of the body is a JSON object; send NDJSON, one "
-                '{"id": ..., "text": ...} a line'
-            )
-        now = utcnow()
-        batch.content_hash = self.hash.hexdigest()
-        batch.status = BatchStatus.IN_PROGRESS
-        batch.in_progress_at = now
-        batch.expires_at = batch.created_at + timedelta(seconds=batch.completion_window_seconds)
-        self.session.flush()
-        end_if_done(self.session, batch.id)  # every line cached or refused: over already
-        dispatch(self.session, self.settings, [batch.id])
-        return batch
-
-    def _flush(self) -> None:
-        lines, self._window, self._chars = self._window, [], 0
-        if not lines:
-            return
-        lines = self._refuse_duplicates(lines)
-        task, batch = self.batch.task, self.batch
-        good = [line for line in lines if line.ok]
-        self._quota.take(batch.tenant_id, len(good), self.max_pending_inputs)
-        bad = [line for line in lines if not line.ok]
-        hashes = {line.number: input_hash(task, line.text or "") for line in good}
-        cached = cached_outputs(self.session, self.settings, task, sorted(set(hashes.values())))
-        if self.settings.batch_sort_by_length:
-            good.sort(key=lambda line: len(line.text or ""))  # stable: ties keep input order
-        size = self.settings.batch_job_size
-        groups = [good[i : i + size] for i in range(0, len(good), size)] + ([bad] if bad else [])
-        now = utcnow()
-        job_rows: list[dict[str, Any]] = []
-        item_rows: list[dict[str, Any]] = []
-        for group in groups:
-            job_id = uuid.uuid4()
-            statuses = [self._status(line, hashes, cached) for line in group]
-            settled = settled_job_status(statuses)
-            job_rows.append(self._job_row(job_id, len(group), settled, now))
-            for index, (line, status) in enumerate(zip(group, statuses, strict=True)):
-                item_rows.append(
-                    {
-                        "job_id": job_id,
-                        "index": index,
-                        "text": line.text or "",
-                        "input_hash": hashes.get(line.number, ""),
-                        "status": status,
-                        "error": line.error,
-                        "error_code": line.error_code,
-                        "batch_id": batch.id,
-                        "line": line.number,
-                        "external_id": line.id,
-                    }
-                )
-        insert_rows(self.session, Job, job_rows)
-        returning = [JobItem.id, JobItem.job_id, JobItem.index]
-        ids = {
-            (job_id, index): item_id
-            for item_id, job_id, index in insert_rows(
-                self.session, JobItem, item_rows, returning=returning
-            )
-        }
-        served: list[tuple[Job, ClaimedItem, Output]] = []
-        for row in item_rows:
-            output = cached.get(row["input_hash"])
-            if output is not None and row["status"] == ItemStatus.SUCCEEDED:
-                claimed = ClaimedItem(
-                    ids[(row["job_id"], row["index"])], row["index"], row["text"], row["input_hash"]
-                )
-                served.append((Job(id=row["job_id"], task=task), claimed, output))
-        insert_cached_results(self.session, served)
-        batch.total += len(lines)
-        batch.completed += len(served)
-        batch.failed += len(bad)
-
-    def _status(self, line: Line, hashes: dict[int, str], cached: dict[str, Output]) -> str:
-        if not line.ok:
-            return ItemStatus.FAILED
-        if hashes[line.number] in cached:
-            return ItemStatus.SUCCEEDED
-        return ItemStatus.QUEUED
-
-    def _job_row(
-        self, job_id: uuid.UUID, size: int, settled: JobStatus | None, now: datetime
-    ) -> dict[str, Any]:
-        batch = self.batch
-        self._seq += 1
-        return {
-            "id": job_id,
-            "tenant_id": batch.tenant_id,
-            "task": batch.task,
-            "status": settled or JobStatus.QUEUED,
-            "priority": batch.priority,
-            "idempotency_key": None,
-            "request_hash": f"batch:{batch.id}",
-            "request_id": None,
-            "webhook_url": None,
-            "metadata": None,
-            "total_items": size,
-            "error": "every input failed; see each input's error"
-            if settled == JobStatus.FAILED
-            else None,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": now if settled else None,
-            "batch_id": batch.id,
-            "batch_seq": self._seq,
-            "dispatched_at": now if settled else None,
-        }
-
-    def _refuse_duplicates(self, lines: list[Line]) -> list[Line]:
-        """A line whose id an earlier line of the batch has (in this window, or already written)
-        is refused; the earlier one runs."""
-        earlier = set(
-            self.session.scalars(
-                select(JobItem.external_id).where(
-                    JobItem.batch_id == self.batch.id,
-                    among(self.session, JobItem.external_id, sorted({li.id for li in lines})),
-                )
-            )
-        )
-        kept: list[Line] = []
-        for line in lines:
-            if line.id in earlier:
-                message = f"line {line.number}: id {line.id!r} is already used by an earlier line"
-                kept.append(refused(line.number, DUPLICATE_ID, message, line.id))
-            else:
-                earlier.add(line.id)
-                kept.append(line)
-        return kept
-
-
-class TasksWriter:
-    """A batch of several tasks: one ``BatchWriter`` per task, each line handed to every one
-    (the upload is read once); ``finish`` puts the parent in progress with its children."""
-
-    def __init__(
-        self,
-        session: Session,
-        settings: Settings,
-        parent: Batch,
-        max_pending_inputs: int | None = None,
-    ) -> None:
-        self.session = session
-        self.batch = parent
-        quota = PendingQuota(session)  # lines x tasks against the tenant's quota
-        self.writers = [
-            BatchWriter(
-                session, settings, _open_child(session, parent, task), max_pending_inputs, quota
-            )
-            for task in parent.tasks or ()
-        ]
-        self.hash = self.writers[0].hash  # the same lines in every child
-
-    def add(self, line: Line) -> None:
-        for writer in self.writers:
-            writer.add(line)
-
-    def add_all(self, lines: Iterable[Line]) -> None:
-        for line in lines:
-            self.add(line)
-
-    def finish(self) -> Batch:
-        children = [writer.finish() for writer in self.writers]
-        parent = self.batch
-        parent.content_hash = self.hash.hexdigest()
-        parent.status = BatchStatus.IN_PROGRESS
-        parent.in_progress_at = children[0].in_progress_at
-        parent.expires_at = children[0].expires_at
-        parent.total = sum(child.total for child in children)
-        self.session.flush()
-        settle_parents(self.session, [parent.id])  # every child over already (cache, refusals)
-        return parent
-
-
-def batch_writer(
-    session: Session, settings: Settings, batch: Batch, max_pending_inputs: int | None = None
-) -> BatchWriter | TasksWriter:
-    """The writer for a batch ``open_batch`` returned: of one task or of several."""
-    if batch.tasks:
-        return TasksWriter(session, settings, batch, max_pending_inputs)
-    return BatchWriter(session, settings, batch, max_pending_inputs)
 
 
 def dispatch(
@@ -643,212 +352,3 @@ def _end_unfinished(
 
 _UNFINISHED = (ItemStatus.QUEUED, ItemStatus.RUNNING)
 _NOT_RUN = "cancelled before it ran"
-
-
-def batch_out(batch: Batch, public_url: str = "") -> BatchOut:
-    """The batch as GET returns it; its usage is summed over its jobs through the session it
-    was read in (none attached: a detached copy, shown without usage). A batch of several
-    tasks counts (line, task) pairs and sums usage over its tasks' batches."""
-    total, completed, failed, cancelled = (
-        batch.total,
-        batch.completed,
-        batch.failed,
-        batch.cancelled,
-    )
-    session = object_session(batch)
-    usage = Usage()
-    if session is not None and batch.tasks:
-        total, completed, failed, cancelled = children_counts(session, batch.id)
-        children = session.scalars(select(Batch.id).where(Batch.parent_id == batch.id)).all()
-        usage = summed([batch_usage(session, child_id) for child_id in children])
-    elif session is not None:
-        usage = batch_usage(session, batch.id)
-    return BatchOut(
-        id=batch.id,
-        task=batch.task,
-        tasks=batch.tasks,
-        status=batch.status,
-        priority=batch.priority,
-        completion_window=window_text(batch.completion_window_seconds),
-        request_counts=RequestCounts(
-            total=total,
-            completed=completed,
-            failed=failed,
-            pending=max(0, total - completed - failed - cancelled),
-            cancelled=cancelled,
-        ),
-        created_at=batch.created_at,
-        in_progress_at=batch.in_progress_at,
-        finalizing_at=batch.finalizing_at,
-        completed_at=batch.completed_at,
-        failed_at=batch.failed_at,
-        expires_at=batch.expires_at,
-        expired_at=batch.expired_at,
-        cancelling_at=batch.cancelling_at,
-        cancelled_at=batch.cancelled_at,
-        metadata=batch.metadata_,
-        results_url=f"{public_url.rstrip('/')}/v1/batches/{batch.id}/results",
-        usage=usage,
-    )
-
-
-_RESULT_COLUMNS = (
-    JobItem.line,
-    JobItem.external_id,
-    JobItem.status,
-    JobItem.error,
-    JobItem.error_code,
-    Result.label,
-    Result.score,
-    Result.output,
-    Result.model,
-    Result.version,
-    Result.tier,
-    Result.degraded,
-    Result.cached,
-)
-
-
-@dataclass(frozen=True)
-class ResultPage:
-    lines: list[tuple[int, dict[str, Any]]]  # (line number, result line)
-    last_line: int  # the cursor for the next page
-    waiting: bool  # stopped at a line that has not finished (ordered reads only)
-
-
-def result_page(
-    session: Session,
-    batch_id: uuid.UUID,
-    after_line: int = 0,
-    *,
-    only_errors: bool = False,
-    until_unfinished: bool = False,
-    limit: int = RESULT_PAGE_LINES,
-) -> ResultPage:
-    """The next finished lines after ``after_line``, in input order. ``until_unfinished``
-    stops at the first line still to run (a reader writing a file in order waits there);
-    otherwise unfinished lines are skipped."""
-    query = (
-        select(*_RESULT_COLUMNS)
-        .outerjoin(Result, Result.item_id == JobItem.id)
-        .where(JobItem.batch_id == batch_id, JobItem.line > after_line)
-        .order_by(JobItem.line)
-        .limit(limit)
-    )
-    if not until_unfinished:
-        query = query.where(JobItem.status.in_(list(TERMINAL_ITEM)))
-    lines: list[tuple[int, dict[str, Any]]] = []
-    last = after_line
-    for row in session.execute(query):
-        if row.status not in TERMINAL_ITEM:
-            return ResultPage(lines, last, waiting=True)
-        last = row.line
-        if only_errors and row.status == ItemStatus.SUCCEEDED:
-            continue
-        lines.append((row.line, result_line(row)))
-    return ResultPage(lines, last, waiting=False)
-
-
-def result_line(row: Any) -> dict[str, Any]:
-    if row.status == ItemStatus.SUCCEEDED and row.model is not None:
-        extra = row.output or {}
-        result = {
-            key: value
-            for key, value in (
-                ("label", row.label),
-                ("score", row.score),
-                ("scores", extra.get("scores")),
-                ("embedding", extra.get("embedding")),
-                ("entities", extra.get("entities")),
-            )
-            if value is not None
-        }
-        result |= {
-            "model": row.model,
-            "version": row.version,
-            "tier": row.tier,
-            "degraded": row.degraded,
-            "cached": row.cached,
-        }
-        return {"id": row.external_id, "result": result}
-    code = row.error_code or (CANCELLED if row.status == ItemStatus.CANCELLED else INFERENCE_FAILED)
-    message = row.error or f"the line is {row.status}"
-    return {"id": row.external_id, "line": row.line, "error": {"code": code, "message": message}}
-
-
-def iter_results(
-    database: Database, batch_id: uuid.UUID, *, only_errors: bool = False
-) -> Iterator[dict[str, Any]]:
-    """Every finished line of the batch in input order, a page (one short read) at a time. A
-    batch of several tasks: each line once every task has finished it, as
-    ``{"id", "tasks": {task: {"result"} | {"line", "error"}}}``."""
-    with database.read() as session:
-        children = task_batches(session, batch_id)
-    after = 0
-    while True:
-        with database.read() as session:
-            if children:
-                page = merged_page(session, children, after, only_errors=only_errors)
-            else:
-                page = result_page(session, batch_id, after, only_errors=only_errors)
-        yield from (line for _, line in page.lines)
-        if page.last_line == after:
-            return
-        after = page.last_line
-
-
-def is_over(batch: Batch) -> bool:
-    return batch.status in TERMINAL_BATCH
-
-
-def task_batches(session: Session, parent_id: uuid.UUID) -> list[tuple[str, uuid.UUID]]:
-    """A batch of several tasks' (task, child batch id), in the order of its tasks; none for a
-    batch of one task."""
-    tasks = session.scalar(select(Batch.tasks).where(Batch.id == parent_id))
-    if not tasks:
-        return []
-    found = {
-        task: child_id
-        for task, child_id in session.execute(
-            select(Batch.task, Batch.id).where(Batch.parent_id == parent_id)
-        ).tuples()
-    }
-    return [(task, found[task]) for task in tasks if task in found]
-
-
-def merged_page(
-    session: Session,
-    children: Sequence[tuple[str, uuid.UUID]],
-    after_line: int = 0,
-    *,
-    only_errors: bool = False,
-    limit: int = RESULT_PAGE_LINES,
-) -> ResultPage:
-    """The next ``limit`` lines after ``after_line`` of a batch of several tasks, read from each
-    task's batch in lockstep: every task's batch holds the same line numbers (each was written
-    from the same lines), so the n-th row of each is the same line. A line some task has not
-    finished is skipped; ``only_errors`` keeps lines with an error in any task."""
-    pages = [
-        session.execute(
-            select(*_RESULT_COLUMNS)
-            .outerjoin(Result, Result.item_id == JobItem.id)
-            .where(JobItem.batch_id == child_id, JobItem.line > after_line)
-            .order_by(JobItem.line)
-            .limit(limit)
-        ).all()
-        for _, child_id in children
-    ]
-    lines: list[tuple[int, dict[str, Any]]] = []
-    last = after_line
-    for rows in zip(*pages, strict=True):
-        last = rows[0].line
-        if any(row.status not in TERMINAL_ITEM for row in rows):
-            continue
-        if only_errors and all(row.status == ItemStatus.SUCCEEDED for row in rows):
-            continue
-        by_task = {
-            task: {key: value for key, value in result_line(row).items() if key != "id"}
-            for (task, _), row in zip(children, rows, strict=True)
-        }
-        lines.append((last, {"id": rows[0].external_id, "tasks": by_task}))
-    return ResultPage(lines, last, waiting=False)

@@ -32,7 +32,7 @@ from core.config import Settings
 from core.db.models import Batch, utcnow
 from core.db.session import Database
 from core.errors import InferqError
-from core.jobs import batches
+from core.jobs import batch_results, batch_writer, batches
 from core.jobs.batch_input import file_lines
 from core.jobs.state import TERMINAL_BATCH
 from core.security.keys import local_tenant_id
@@ -118,7 +118,7 @@ def _take(database: Database, settings: Settings, inbox: Inbox, path: Path) -> P
                     idempotency_key=key,
                 )
                 batch = batches.open_batch(session, settings, tenant_id, request)
-                writer = batches.BatchWriter(session, settings, batch)
+                writer = batch_writer.BatchWriter(session, settings, batch)
                 writer.add_all(file_lines(path, settings))
                 writer.finish()
                 batch_id, new = batch.id, True
@@ -179,7 +179,7 @@ def write_outputs(database: Database, batch_id: uuid.UUID, folder: Path, name: s
         temp_results.open("w", encoding="utf-8") as out,
         temp_errors.open("w", encoding="utf-8") as err,
     ):
-        for line in batches.iter_results(database, batch_id):
+        for line in batch_results.iter_results(database, batch_id):
             text = json.dumps(line, ensure_ascii=False) + "\n"
             out.write(text)
             if "error" in line:

@@ -106,7 +106,8 @@ def event_body(database: Database, settings: Settings, attempt: Attempt) -> str:
     """``{"type", "timestamp", "data"}``, ``data`` being what GET on the job (or the batch)
     returns; a batch event links to its results."""
     if attempt.batch_id is not None:
-        from core.jobs.batches import batch_out, get_batch
+        from core.jobs.batch_results import batch_out
+        from core.jobs.batches import get_batch
 
         with database.read() as session:
             batch = batch_out(get_batch(session, attempt.tenant_id, attempt.batch_id))

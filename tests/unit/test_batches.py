@@ -22,7 +22,7 @@ from core.db.models import Batch, Job, JobItem, utcnow
 from core.db.session import Database
 from core.errors import InvalidInput, InvalidTransition, NotNdjson, PayloadTooLarge
 from core.inference.engine import InferenceEngine
-from core.jobs import batches
+from core.jobs import batch_results, batch_writer, batches
 from core.jobs.batch_input import file_lines, ndjson_lines
 from core.jobs.execute import Delivery, Worker, run_batch
 from core.jobs.sweeper import sweep
@@ -54,7 +54,7 @@ def create(
     with db.transaction() as session:
         spec = batches.BatchRequest(request.pop("task", "fake"), **request)
         batch = batches.open_batch(session, settings, tenant_id, spec)
-        writer = batches.BatchWriter(session, settings, batch)
+        writer = batch_writer.BatchWriter(session, settings, batch)
         writer.add_all(ndjson_lines(body, settings))
         writer.finish()
         return batch.id
@@ -82,7 +82,7 @@ def work(db: Database, sent: list[Sent], settings: Settings, rounds: int = 100) 
 
 
 def results(db: Database, batch_id: uuid.UUID, **options: Any) -> list[dict[str, Any]]:
-    return list(batches.iter_results(db, batch_id, **options))
+    return list(batch_results.iter_results(db, batch_id, **options))
 
 
 def test_every_line_gets_one_result_line_in_input_order_bad_lines_included(

@@ -24,7 +24,7 @@ from core.db.session import Database
 from core.errors import InvalidInput, InvalidTransition, NotFound, QuotaExceeded
 from core.inference import registry
 from core.inference.engine import InferenceEngine
-from core.jobs import batches
+from core.jobs import batch_results, batch_writer, batches
 from core.jobs.batch_input import ndjson_lines
 from core.jobs.execute import Delivery, Worker, run_batch
 from core.jobs.sweeper import sweep
@@ -70,7 +70,7 @@ def create(
     with db.transaction() as session:
         spec = batches.BatchRequest.of_tasks(tasks, **request)
         batch = batches.open_batch(session, config, tenant_id, spec)
-        writer = batches.batch_writer(session, config, batch, max_pending_inputs=max_pending)
+        writer = batch_writer.batch_writer(session, config, batch, max_pending_inputs=max_pending)
         writer.add_all(ndjson_lines(iter(body), config))
         writer.finish()
         return batch.id
@@ -109,7 +109,7 @@ def work(db: Database, sent: list[Sent], config: Settings) -> None:
 
 def batch_out(db: Database, tenant_id: int, batch_id: uuid.UUID) -> Any:
     with db.read() as session:
-        return batches.batch_out(batches.get_batch(session, tenant_id, batch_id))
+        return batch_results.batch_out(batches.get_batch(session, tenant_id, batch_id))
 
 
 def test_an_upload_of_two_tasks_is_a_parent_without_lines_and_a_batch_per_task_read_once(
@@ -128,7 +128,7 @@ def test_an_upload_of_two_tasks_is_a_parent_without_lines_and_a_batch_per_task_r
     with db.transaction() as session:
         spec = batches.BatchRequest.of_tasks(TASKS, webhook_url="https://example.com/h")
         parent = batches.open_batch(session, config, tenant_id, spec)
-        writer = batches.batch_writer(session, config, parent)
+        writer = batch_writer.batch_writer(session, config, parent)
         writer.add_all(ndjson_lines(once(), config))
         writer.finish()
         parent_id = parent.id

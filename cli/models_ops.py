@@ -242,7 +242,7 @@ def _train_shipped(task: str, seed: int, out_dir: Path | None, device: str) -> N
     path = training.train_sentiment(
         DEFAULT_SST2_DIR, primary_dir, seed=seed, progress=console.print
     )
-    console.print(f"primary (MiniLM + LoRA) written to {path}")
+    console.print(f"primary (MiniLM, fully fine-tuned) written to {path}")
     if out_dir is not None:  # calibration and profiles are made for the served artefacts
         console.print(
             "not calibrated, no drift profiles: install the artefacts, then "

@@ -1,6 +1,6 @@
 """ONNX Runtime twins of the transformer tiers (`sentiment`, `embed`), for CPU workers.
 
-The graph is exported from what ships (the merged MiniLM + LoRA + head that
+The graph is exported from what ships (the fine-tuned MiniLM + head that
 `SentimentTransformer` serves, or the bare encoder with its pooling) the first time a worker loads
 it, into ``INFERQ_DATA_DIR/onnx`` under its version, and reused from there: a fresh install serves
 ONNX without a manual step and nothing is downloaded (`onnx_export` makes and caches the graphs).

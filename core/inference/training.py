@@ -1,8 +1,13 @@
-"""Training and evaluation of the `sentiment` primary model (all-MiniLM-L6-v2 + LoRA on SST-2).
+"""Training and evaluation of the `sentiment` primary model: all-MiniLM-L6-v2 tuned on SST-2.
 
-A LoRA adapter over every linear layer of the encoder plus a linear head on mean-pooled tokens:
-the artefact stays around a megabyte (it is committed) while accuracy beats a full fine-tune on
-the same CPU budget, because the low-rank update tolerates a much higher learning rate.
+A linear head on mean-pooled tokens, trained one of two ways (`SentimentRecipe.method`):
+
+- "full" (the shipped sentiment primary): every weight moves at a small learning rate; the
+  artefact is the int8 difference from the base weights (core.inference.weight_delta, ~13 MB).
+  On SST-2 test it scored 89.9 % where the best LoRA recipe scored 88.1-88.5 %.
+- "lora": a LoRA adapter over every linear layer (about a megabyte; the topic primary). On a
+  small CPU budget it beats a full fine-tune, because the low-rank update tolerates a much
+  higher learning rate.
 
 Reproducible: one seed drives the phrase sample, the batch order, the head's initialisation and
 dropout. Bit-identical weights also need the same torch build and thread count.
@@ -24,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from core.inference.preprocess import MAX_TOKENS, PREPROCESS_VERSION, normalise
 from core.inference.transformer import (
     ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     MODEL_CARD,
     SENTIMENT_LABELS,
     SentimentTransformer,
@@ -33,12 +39,14 @@ from core.inference.transformer import (
     pad_batch,
     tokenise,
 )
+from core.inference.weight_delta import DELTA_WEIGHTS, delta_arrays, write_delta
 
 if TYPE_CHECKING:
     import torch
 
 Progress = Callable[[str], None]
 SENTIMENT_MODEL_NAME = "minilm-l6-sst2"
+METHODS = ("full", "lora")
 # Every linear layer of each BERT block: attention projections, attention output, both FFN layers.
 LORA_TARGETS = (
     "query",
@@ -52,18 +60,22 @@ LORA_TARGETS = (
 
 @dataclass(frozen=True)
 class SentimentRecipe:
-    """Hyper-parameters; recorded in the artefact's model card."""
+    """Hyper-parameters; recorded in the artefact's model card. The defaults are the shipped
+    sentiment primary's: a full fine-tune over every distinct SST-2 train phrase, two passes."""
 
-    train_phrases: int = 40_000  # distinct SST-2 phrases sampled from train.tsv (of 60,321)
+    train_phrases: int = 70_000  # distinct SST-2 phrases sampled from train.tsv (it has 60,321)
     min_words: int = 0
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 32
-    learning_rate: float = 1e-3  # LoRA matrices
-    head_learning_rate: float = 3e-3  # the head starts from scratch, so it moves faster
+    # "full": every weight moves (stored as int8 deltas from the base, core.inference.weight_delta);
+    # "lora": low-rank adapters over LORA_TARGETS only (a ~1 MB adapter; the topic primary).
+    method: str = "full"
+    learning_rate: float = 6e-5  # the encoder's weights (LoRA matrices take ~1e-3)
+    head_learning_rate: float = 2e-3  # the head starts from scratch, so it moves faster
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     max_grad_norm: float = 1.0
-    lora_rank: int = 8
+    lora_rank: int = 8  # lora_* apply to method="lora" only
     lora_alpha: int = 16
     lora_dropout: float = 0.1
     head_dropout: float = 0.1
@@ -71,6 +83,10 @@ class SentimentRecipe:
     # Batches are formed inside windows of this many batches sorted by length: little padding,
     # yet the order stays random at the scale of the whole run.
     bucket_window: int = 50
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
 
 
 def read_sst2(path: Path) -> list[tuple[str, int]]:
@@ -127,6 +143,23 @@ def _lora_model(recipe: SentimentRecipe, seed: int, n_labels: int = 2) -> torch.
         build_classifier(recipe.head_dropout, n_labels=n_labels), config
     )
     return model
+
+
+def _full_model(
+    recipe: SentimentRecipe, seed: int, n_labels: int
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """The classifier with every weight trainable, and a copy of the base encoder's weights
+    that the stored deltas are taken from."""
+    import torch
+
+    torch.manual_seed(seed)  # the head's initialisation and every dropout mask
+    model = build_classifier(recipe.head_dropout, n_labels=n_labels)
+    base = {
+        name: tensor.detach().clone()
+        for name, tensor in model.state_dict().items()
+        if not name.startswith("classifier.")
+    }
+    return model, base
 
 
 def _optimiser(
@@ -272,13 +305,23 @@ def train_classifier(
     sequences = tokenise(tokenizer, [text for text, _ in examples])
     progress(f"training on {len(examples)} texts")
     started, cpu_started = time.perf_counter(), time.process_time()
-    model = _lora_model(recipe, seed, len(identity.labels))
+    n_labels = len(identity.labels)
+    if recipe.method == "lora":
+        model, base = _lora_model(recipe, seed, n_labels), None
+    else:
+        model, base = _full_model(recipe, seed, n_labels)
     labels = [label for _, label in examples]
     pad_id = int(tokenizer.pad_token_id)
     _fit(model, sequences, labels, pad_id=pad_id, recipe=recipe, rng=rng, progress=progress)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_adapter(model, out_dir)
+    for stale in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, DELTA_WEIGHTS):  # the other method's files
+        (out_dir / stale).unlink(missing_ok=True)
+    if base is None:
+        _save_adapter(model, out_dir)
+    else:
+        seen = {token for ids in sequences for token in ids}
+        write_delta(out_dir / DELTA_WEIGHTS, delta_arrays(model.state_dict(), base, seen))
     card = _model_card(identity, recipe, seed, len(examples), seconds, cpu_seconds)
     _write_card(out_dir, card)
     progress(f"trained in {seconds:.0f} s; evaluating on the test split")
@@ -326,10 +369,18 @@ def evaluate_sentiment(model: SentimentTransformer, data_dir: Path) -> dict[str,
     return {"accuracy": round(correct / len(rows), 4), "n": len(rows), "seconds": round(seconds, 2)}
 
 
-# The topic primary: the sentiment recipe over all of AG News's shipped train rows, three passes,
+# The topic primary: the LoRA recipe over all of AG News's shipped train rows, three passes,
 # and a wider adapter (rank 16): four classes and news-length texts give it more to learn.
 # Two passes scored 90.89 % on AG News test, three 91.07 % (both seed 13).
-TOPIC_RECIPE = SentimentRecipe(train_phrases=10_000, epochs=3, lora_rank=16, lora_alpha=32)
+TOPIC_RECIPE = SentimentRecipe(
+    train_phrases=10_000,
+    epochs=3,
+    method="lora",
+    learning_rate=1e-3,
+    head_learning_rate=3e-3,
+    lora_rank=16,
+    lora_alpha=32,
+)
 
 
 def train_topic(

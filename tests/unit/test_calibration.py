@@ -32,8 +32,8 @@ from core.inference.light import (
     light_weights_version,
 )
 from core.inference.transformer import (
-    ARTEFACT_FILES,
     SENTIMENT_ARTEFACT_DIR,
+    artefact_files,
     artefact_version,
     weights_version,
 )
@@ -125,7 +125,7 @@ def test_changing_calibration_changes_the_version(tmp_path: Path) -> None:
 
     primary = tmp_path / "sentiment"
     primary.mkdir()
-    for name in (*ARTEFACT_FILES, CALIBRATION_FILE):
+    for name in (*artefact_files(SENTIMENT_ARTEFACT_DIR), CALIBRATION_FILE):
         shutil.copy2(SENTIMENT_ARTEFACT_DIR / name, primary / name)
     shipped = artefact_version(primary)
     record = json.loads((primary / CALIBRATION_FILE).read_text())

@@ -15,11 +15,11 @@ from core.inference.calibration import CALIBRATION_FILE, ece, read_calibration, 
 from core.inference.evaluation import DEFAULT_SST2_DIR, read_sst2
 from core.inference.preprocess import normalise
 from core.inference.transformer import (
-    ARTEFACT_FILES,
     MODEL_CARD,
     SENTIMENT_ARTEFACT_DIR,
     SentenceEmbedder,
     SentimentTransformer,
+    artefact_files,
     artefact_version,
 )
 
@@ -109,7 +109,7 @@ def test_version_follows_the_artefact_bytes_not_its_location(tmp_path: Path) -> 
     shipped = artefact_version(SENTIMENT_ARTEFACT_DIR)
     copy = tmp_path / "sentiment"
     copy.mkdir()
-    for name in (*ARTEFACT_FILES, CALIBRATION_FILE):
+    for name in (*artefact_files(SENTIMENT_ARTEFACT_DIR), CALIBRATION_FILE):
         shutil.copy2(SENTIMENT_ARTEFACT_DIR / name, copy / name)
     assert artefact_version(copy) == shipped
     with (copy / MODEL_CARD).open("a", encoding="utf-8") as card:

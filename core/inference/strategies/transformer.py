@@ -1,4 +1,4 @@
-"""`transformer`: the primary tier's MiniLM + LoRA recipe (core.inference.training)."""
+"""`transformer`: the primary tier's MiniLM fine-tuning recipe (core.inference.training)."""
 
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ Two tiers, trained from the 10,000 AG News rows the project ships (`data/agnews`
 - primary: all-MiniLM-L6-v2 + LoRA + a 4-way head (`TopicTransformer`, trained by
   ``core.inference.training.train_topic``), the sentiment primary's recipe and code with other
   labels;
-- fallback: TF-IDF over word 1-2 grams and in-word character 2-5 grams, one logistic regression
-  per label (`TfidfTopic`); served with numpy alone from plain arrays, as the sentiment light tier.
+- fallback: TF-IDF over word 1-2 grams and in-word character 2-6 grams, scaled per label by
+  log-count ratios (NB-LR), one logistic regression per label (`TfidfTopic`); served with numpy
+  alone from plain arrays, as the sentiment light tier.
 
 AG News stores apostrophes as the remains of an HTML entity ("It #39;s"); `read_agnews` repairs
 them so the models learn the text users send. That is data repair at read time, not a second
@@ -45,7 +46,7 @@ from core.inference.types import Prediction
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.linear_model import LogisticRegression
 
 # AG News's classes 1-4, in that order; served labels are these lower-case names.
 TOPIC_LABELS = ("world", "sports", "business", "sci_tech")
@@ -91,18 +92,22 @@ class TopicTransformer(SentimentTransformer):
 
 @dataclass(frozen=True)
 class TopicLightRecipe:
-    """Hyper-parameters; recorded in the card. Chosen on the last 1,501 train rows held out
-    (fitted on the first 8,500): character grams add about half a point there, one regression
-    per label beat one softmax, C in 2-10 and the caps moved it by under a point (noise at n =
-    1,501); character 2-6 grams with C = 3 scored best, 88.4 %."""
+    """Hyper-parameters; recorded in the card. Chosen on the train rows alone: first on the last
+    1,501 held out (character grams add about half a point, one regression per label beat one
+    softmax, character 2-6 grams best), then by 5-fold cross-validation repeated with three
+    shuffles (30,003 predictions): plain TF-IDF with C = 3 and feature caps 88.20 %, log-count
+    ratio weighting 88.47 %, the same without caps and C = 5 88.53 %."""
 
     word_ngram_max: int = 2
     char_ngram_min: int = 2
     char_ngram_max: int = 6
     min_df: int = 2
-    max_word_features: int = 60_000
-    max_char_features: int = 80_000
-    inverse_regularisation: float = 3.0  # LogisticRegression's C
+    max_word_features: int | None = None  # None: every term seen in min_df rows
+    max_char_features: int | None = None
+    # NB-LR (Wang and Manning, 2012): each label's regression sees the TF-IDF features scaled
+    # by their log-count ratio for that label, so words typical of it weigh more from the start.
+    log_count_ratio: bool = True
+    inverse_regularisation: float = 5.0  # LogisticRegression's C
     max_iter: int = 5_000
 
 
@@ -239,7 +244,9 @@ def topic_light_version(directory: Path) -> str:
     return _digest(directory, names)
 
 
-def _vectorizer(analyser: Any, recipe: TopicLightRecipe, max_features: int) -> TfidfVectorizer:
+def _vectorizer(
+    analyser: Any, recipe: TopicLightRecipe, max_features: int | None
+) -> TfidfVectorizer:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     return TfidfVectorizer(
@@ -251,14 +258,45 @@ def _vectorizer(analyser: Any, recipe: TopicLightRecipe, max_features: int) -> T
     )
 
 
+@dataclass
+class LightTopicFit:
+    """The fitted parts: word and character TF-IDF side by side, each label's feature scaling
+    (its log-count ratios, or ones) and its logistic regression over the scaled features."""
+
+    word: TfidfVectorizer
+    char: TfidfVectorizer
+    scaling: npt.NDArray[np.float64]  # (terms, labels)
+    regressions: list[LogisticRegression]
+
+    def features(self, texts: Sequence[str]) -> Any:
+        import scipy.sparse  # type: ignore[import-untyped]
+
+        return scipy.sparse.hstack([self.word.transform(texts), self.char.transform(texts)]).tocsr()
+
+    def decision_function(self, matrix: Any) -> npt.NDArray[np.float64]:
+        """scikit-learn's decisions, label by label: what the numpy tier must reproduce."""
+        columns = [
+            regression.decision_function(matrix.multiply(self.scaling[:, label]).tocsr())
+            for label, regression in enumerate(self.regressions)
+        ]
+        return np.column_stack(columns)
+
+
+def log_count_ratios(matrix: Any, is_label: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
+    """log((p / |p|) / (q / |q|)), p and q the features summed over the label's rows and the
+    others' plus one (Laplace smoothing), as in Wang and Manning's NBSVM."""
+    p = np.asarray(matrix[is_label].sum(axis=0)).ravel() + 1.0
+    q = np.asarray(matrix[~is_label].sum(axis=0)).ravel() + 1.0
+    ratios: npt.NDArray[np.float64] = np.log((p / p.sum()) / (q / q.sum()))
+    return ratios
+
+
 def fit_light_topic(
     rows: Sequence[tuple[str, int]], recipe: TopicLightRecipe, *, seed: int = 13
-) -> tuple[TfidfVectorizer, TfidfVectorizer, OneVsRestClassifier]:
-    """The fitted scikit-learn parts: word and character TF-IDF side by side, then one
-    logistic regression per label; save_light_topic() turns them into plain arrays."""
-    import scipy.sparse  # type: ignore[import-untyped]
+) -> LightTopicFit:
+    """Fit the fallback; save_light_topic() turns it into plain arrays."""
+    import scipy.sparse
     from sklearn.linear_model import LogisticRegression
-    from sklearn.multiclass import OneVsRestClassifier
 
     texts, labels = [text for text, _ in rows], np.asarray([label for _, label in rows])
     word = _vectorizer(Analyser(ngram_max=recipe.word_ngram_max), recipe, recipe.max_word_features)
@@ -266,21 +304,27 @@ def fit_light_topic(
         CharAnalyser(recipe.char_ngram_min, recipe.char_ngram_max), recipe, recipe.max_char_features
     )
     matrix = scipy.sparse.hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
-    regression = LogisticRegression(
-        C=recipe.inverse_regularisation, max_iter=recipe.max_iter, random_state=seed
-    )
-    return word, char, OneVsRestClassifier(regression).fit(matrix, labels)
+    scaling = np.ones((matrix.shape[1], len(TOPIC_LABELS)))
+    regressions = []
+    for label in range(len(TOPIC_LABELS)):
+        if recipe.log_count_ratio:
+            scaling[:, label] = log_count_ratios(matrix, labels == label)
+        regression = LogisticRegression(
+            C=recipe.inverse_regularisation, max_iter=recipe.max_iter, random_state=seed
+        )
+        scaled = matrix.multiply(scaling[:, label]).tocsr()
+        regressions.append(regression.fit(scaled, (labels == label).astype(int)))
+    return LightTopicFit(word, char, scaling, regressions)
 
 
-def save_light_topic(
-    word: TfidfVectorizer, char: TfidfVectorizer, classifier: OneVsRestClassifier, out_dir: Path
-) -> None:
-    if [int(c) for c in classifier.classes_] != list(range(len(TOPIC_LABELS))):
-        raise ValueError(f"expected classes 0-{len(TOPIC_LABELS) - 1}, got {classifier.classes_}")
-    coef = np.vstack([estimator.coef_[0] for estimator in classifier.estimators_]).T
-    n_word = len(word.idf_)
-    word_analyser: Analyser = word.analyzer
-    char_analyser: CharAnalyser = char.analyzer
+def save_light_topic(fit: LightTopicFit, out_dir: Path) -> None:
+    """Scaling and regression fold into one coefficient per term and label: (x * r) . w =
+    x . (r * w), so serving is the plain TF-IDF dot product."""
+    coef = fit.scaling * np.column_stack([regression.coef_[0] for regression in fit.regressions])
+    intercept = [regression.intercept_[0] for regression in fit.regressions]
+    n_word = len(fit.word.idf_)
+    word_analyser: Analyser = fit.word.analyzer
+    char_analyser: CharAnalyser = fit.char.analyzer
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(
         out_dir / "model.json",
@@ -294,8 +338,8 @@ def save_light_topic(
         },
     )
     vocabulary = {
-        "word": [str(t) for t in word.get_feature_names_out()],
-        "char": [str(t) for t in char.get_feature_names_out()],
+        "word": [str(t) for t in fit.word.get_feature_names_out()],
+        "char": [str(t) for t in fit.char.get_feature_names_out()],
     }
     (out_dir / "vocabulary.json").write_text(
         json.dumps(vocabulary, indent=0, ensure_ascii=False, sort_keys=True) + "\n",
@@ -305,14 +349,11 @@ def save_light_topic(
     _write_npz(
         out_dir / "weights.npz",
         {
-            "word_idf": np.asarray(word.idf_, dtype=np.float32),
-            "char_idf": np.asarray(char.idf_, dtype=np.float32),
+            "word_idf": np.asarray(fit.word.idf_, dtype=np.float32),
+            "char_idf": np.asarray(fit.char.idf_, dtype=np.float32),
             "word_coef": np.asarray(coef[:n_word], dtype=np.float32),
             "char_coef": np.asarray(coef[n_word:], dtype=np.float32),
-            "intercept": np.asarray(
-                [estimator.intercept_[0] for estimator in classifier.estimators_],
-                dtype=np.float32,
-            ),
+            "intercept": np.asarray(intercept, dtype=np.float32),
         },
     )
 
@@ -326,10 +367,9 @@ def train_light_topic(
     recipe = recipe or TopicLightRecipe()
     rows = read_agnews(data_dir / "train.tsv")
     started = time.perf_counter()
-    word, char, classifier = fit_light_topic(rows, recipe, seed=seed)
+    fit = fit_light_topic(rows, recipe, seed=seed)
     train_seconds = time.perf_counter() - started
-    save_light_topic(word, char, classifier, out_dir)
-    n_word = len(word.idf_)
+    save_light_topic(fit, out_dir)
     model = TfidfTopic.load(out_dir)
     card: dict[str, Any] = {
         "name": model.name,
@@ -337,7 +377,7 @@ def train_light_topic(
         "recipe": asdict(recipe),
         "seed": seed,
         "train_rows": len(rows),
-        "vocabulary_size": {"word": n_word, "char": len(char.idf_)},
+        "vocabulary_size": {"word": len(fit.word.idf_), "char": len(fit.char.idf_)},
         "train_seconds": round(train_seconds, 2),
         "preprocess_version": PREPROCESS_VERSION,
         "scikit_learn": sklearn.__version__,

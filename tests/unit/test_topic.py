@@ -24,6 +24,7 @@ from core.inference.topic import (
     TopicLightRecipe,
     TopicTransformer,
     fit_light_topic,
+    log_count_ratios,
     read_agnews,
     repair,
     save_light_topic,
@@ -64,18 +65,32 @@ def test_the_character_analyser_pads_each_word_and_reads_normalised_text() -> No
 def test_the_numpy_fallback_reproduces_scikit_learn(tmp_path: Path) -> None:
     rows = read_agnews(DEFAULT_AGNEWS_DIR / "train.tsv")[:800]
     recipe = TopicLightRecipe(max_word_features=3_000, max_char_features=3_000)
-    word, char, classifier = fit_light_topic(rows, recipe)
-    save_light_topic(word, char, classifier, tmp_path)
+    fit = fit_light_topic(rows, recipe)
+    assert not np.allclose(fit.scaling, 1.0)  # log-count ratios, not plain TF-IDF
+    save_light_topic(fit, tmp_path)
     model = TfidfTopic.load(tmp_path)
 
     texts = [text for text, _ in read_agnews(DEFAULT_AGNEWS_DIR / "test.tsv")[:200]]
     texts += ["", "zzzz qqqq", "\u00e9t\u00e9 \U0001f600"]  # nothing known: intercepts only
-    matrix = scipy.sparse.hstack([word.transform(texts), char.transform(texts)]).tocsr()
-    expected = classifier.decision_function(matrix)
+    expected = fit.decision_function(fit.features(texts))
     ours = np.vstack([model.decisions(text) for text in texts])
     np.testing.assert_allclose(ours, expected, atol=1e-4)  # weights stored as float32
+    # One-vs-rest probabilities: each label's sigmoid, normalised (scikit-learn's predict_proba).
+    sigmoids = 1 / (1 + np.exp(-expected))
     probabilities = np.asarray([list(p.scores.values()) for p in model.predict(texts)])
-    np.testing.assert_allclose(probabilities, classifier.predict_proba(matrix), atol=1e-4)
+    np.testing.assert_allclose(
+        probabilities, sigmoids / sigmoids.sum(axis=1, keepdims=True), atol=1e-4
+    )
+
+
+def test_log_count_ratios_favour_the_terms_of_the_label() -> None:
+    matrix = scipy.sparse.csr_matrix([[2.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 3.0, 1.0]])
+    ratios = log_count_ratios(matrix, np.array([True, True, False]))
+    # p = (3, 0, 2) + 1, q = (0, 3, 1) + 1: the label's term up, the others' down, shared ~0.
+    np.testing.assert_allclose(
+        ratios, np.log((np.array([4, 1, 3]) / 8) / (np.array([1, 4, 2]) / 7))
+    )
+    assert ratios[0] > 0 > ratios[1]
 
 
 def test_the_shipped_fallback_is_the_card_s_version_and_answers_the_obvious() -> None:

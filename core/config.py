@@ -231,7 +231,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     # Matmul precision of the transformer tiers. auto: bf16 on CUDA cards that have it (else fp16)
     # and on CPUs with native bf16 instructions (AVX512-BF16 or AMX), fp32 elsewhere. Measured on
-    # SST-2 test: fp32 88.07 %, bf16 88.19 % accuracy; bf16 about 2.5x the batched CPU throughput.
+    # SST-2 test: fp32 and bf16 both 89.91 % (LoRA primary: 88.07 / 88.19 %); bf16 about 1.6x
+    # the batched CPU throughput of fp32 (bench/results/precision.json).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Runtime of the transformer tiers. auto: ONNX Runtime on CPU where torch would run fp32 (it
     # is faster there at equal accuracy), torch on CUDA and on CPUs with native bf16; see

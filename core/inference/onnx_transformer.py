@@ -76,7 +76,8 @@ def choose_runtime(
 
     Indicative figures (one thread on 2 shared, loaded AMD EPYC cores with AVX512-BF16,
     2026-12-03; bench/precision.py, best of 3 interleaved rounds): SST-2 test accuracy onnx fp32
-    88.07 %, every label as torch fp32's (88.07 %), logits within 4e-6. Texts/s over the
+    88.07 %, every label as torch fp32's (88.07 %), logits within 4e-6 (the full fine-tune
+    primary of 2026-12-05: 89.91 % both). Texts/s over the
     benchmark texts, torch fp32 / torch bf16 / onnx: one at a time 74 / 83 / 155; batches of 64
     in file order 67 / 111 / 72, of 32 82 / 146 / 90; SST-2 test sorted by length in passes of 32
     (little padding, as the engine cuts them) 80 / 151 / 118. ONNX is never slower than torch

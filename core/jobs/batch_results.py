@@ -18,6 +18,7 @@ from core.db.models import Batch, JobItem, Result
 from core.db.session import Database
 from core.jobs.batch_counts import children_counts
 from core.jobs.batches import CANCELLED, window_text
+from core.jobs.presenters import RESULT_COLUMNS
 from core.jobs.state import TERMINAL_ITEM, ItemStatus
 from core.jobs.usage import batch_usage, summed
 from schemas.batches import BatchOut, RequestCounts
@@ -80,14 +81,7 @@ _RESULT_COLUMNS = (
     JobItem.status,
     JobItem.error,
     JobItem.error_code,
-    Result.label,
-    Result.score,
-    Result.output,
-    Result.model,
-    Result.version,
-    Result.tier,
-    Result.degraded,
-    Result.cached,
+    *RESULT_COLUMNS,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core.db.models import Job
+from core.db.models import Job, Result
 from core.inference.engine import Output
 from core.jobs.state import ItemStatus
 from core.jobs.usage import job_usage, summed
@@ -42,6 +42,19 @@ class StoredResult(Protocol):
     def degraded(self) -> bool: ...
     @property
     def cached(self) -> bool: ...
+
+
+# The columns of a stored result that result_out() reads, for queries that select them.
+RESULT_COLUMNS = (
+    Result.label,
+    Result.score,
+    Result.output,
+    Result.model,
+    Result.version,
+    Result.tier,
+    Result.degraded,
+    Result.cached,
+)
 
 
 def result_out(index: int, result: StoredResult) -> ResultOut:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from core.db.bulk import among
 from core.db.models import Batch, Job, JobItem, Result
 from core.errors import InvalidInput, NotFound
-from core.jobs.presenters import result_out
+from core.jobs.presenters import RESULT_COLUMNS, result_out
 from core.jobs.state import JobStatus
 from core.webhooks.deliveries import webhook_out
 from schemas.jobs import ResultOut
@@ -83,7 +83,7 @@ def get_jobs(session: Session, wanted: Sequence[tuple[int, uuid.UUID]]) -> list[
             JobItem.error,
             Result.id.label("result_id"),
         )
-        .add_columns(*_RESULT_COLUMNS)
+        .add_columns(*RESULT_COLUMNS)
         .outerjoin(Result, Result.item_id == JobItem.id)
         .where(among(session, JobItem.job_id, list(jobs)))
         .order_by(JobItem.job_id, JobItem.index)
@@ -109,18 +109,6 @@ def get_jobs(session: Session, wanted: Sequence[tuple[int, uuid.UUID]]) -> list[
             )
         )
     return views
-
-
-_RESULT_COLUMNS = (
-    Result.label,
-    Result.score,
-    Result.output,
-    Result.model,
-    Result.version,
-    Result.tier,
-    Result.degraded,
-    Result.cached,
-)
 
 
 def job_status(session: Session, tenant_id: int, job_id: uuid.UUID) -> str:

@@ -18,7 +18,7 @@ import re
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -328,10 +328,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _write_npz(path: Path, arrays: dict[str, npt.NDArray[np.float64]]) -> None:
-    """np.savez minus the wall-clock timestamps it stores: same arrays, same bytes, same version."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+def _write_npz(
+    path: Path, arrays: Mapping[str, npt.NDArray[Any]], *, compress: bool = False
+) -> None:
+    """np.savez (np.savez_compressed with `compress`) minus the wall-clock timestamps it stores:
+    same arrays, same bytes, same version."""
+    with zipfile.ZipFile(path, "w") as archive:
         for name, array in arrays.items():
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            if compress:
+                info.compress_type = zipfile.ZIP_DEFLATED
             with archive.open(info, "w") as member:
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)

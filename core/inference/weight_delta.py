@@ -17,13 +17,14 @@ fine-tune's accuracy, so the deltas are kept at full rank. torch is imported ins
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+from core.inference.light import _write_npz
 
 if TYPE_CHECKING:
     import torch
@@ -63,14 +64,8 @@ def delta_arrays(
 
 
 def write_delta(path: Path, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
-    """Like np.savez_compressed, minus the wall-clock timestamps it stores."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with archive.open(info, "w") as member:
-                array = np.ascontiguousarray(arrays[name])
-                np.lib.format.write_array(member, array, allow_pickle=False)
+    """The arrays compressed, in name order: the same weights always give the same bytes."""
+    _write_npz(path, {name: arrays[name] for name in sorted(arrays)}, compress=True)
 
 
 def apply_delta(model: torch.nn.Module, path: Path) -> None:
